@@ -1,0 +1,56 @@
+"""A small dual-era MCP server with tools, resources, a template, prompts and completion.
+
+It ships with fedmcp so the example configuration works on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from mcp.server.mcpserver import MCPServer
+
+mcp = MCPServer("fedmcp-demo", version="0.1.0", instructions="Demo tools for trying fedmcp.")
+
+NOTES = {"welcome": "Welcome to fedmcp.", "federation": "Many MCP servers, one endpoint."}
+
+
+@mcp.tool()
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@mcp.tool()
+def echo(text: str) -> str:
+    """Return the text unchanged."""
+    return text
+
+
+@mcp.resource("notes://index", mime_type="text/plain")
+def index() -> str:
+    """The names of all notes."""
+    return "\n".join(sorted(NOTES))
+
+
+@mcp.resource("notes://{name}", mime_type="text/plain")
+def note(name: str) -> str:
+    """One note by name."""
+    return NOTES.get(name, f"no note called {name}")
+
+
+@mcp.prompt()
+def summarize(topic: str) -> str:
+    """Ask for a summary of a topic."""
+    return f"Please summarize {topic} in three sentences."
+
+
+def main() -> None:
+    transport = sys.argv[1] if len(sys.argv) > 1 else "stdio"
+    if transport == "stdio":
+        mcp.run()
+    else:
+        mcp.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+
+
+if __name__ == "__main__":
+    main()

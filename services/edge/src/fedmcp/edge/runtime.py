@@ -1,0 +1,62 @@
+"""Everything an edge needs before it can serve: NATS, the live catalog, the upstream client."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+from fedmcp.edge.catalog import CatalogView
+from fedmcp.edge.server import FederatedServer
+from fedmcp.edge.upstream import Upstream
+from fedmcp.shared import buckets, bus
+from fedmcp.shared.subjects import DEFAULT_PREFIX, Subjects
+from nats.aio.client import Client as NATS
+
+
+@dataclass
+class Edge:
+    nc: NATS
+    view: CatalogView
+    upstream: Upstream
+    federated: FederatedServer
+    edge_id: str
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.nc.is_connected) and self.view.loaded.is_set()
+
+
+def new_edge_id() -> str:
+    return f"edge-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@asynccontextmanager
+async def edge_runtime(
+    nats_url: str,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    request_timeout: float = 60.0,
+    accept_timeout: float = 2.0,
+    edge_id: str | None = None,
+) -> AsyncIterator[Edge]:
+    subjects = Subjects(prefix)
+    edge_id = edge_id or new_edge_id()
+    nc = await bus.connect(nats_url, name=edge_id)
+    try:
+        kv = await buckets.open_bucket(nc.jetstream(timeout=5), subjects, buckets.CATALOGS)
+        view = CatalogView(kv)
+        upstream = Upstream(nc, subjects, edge_id, accept_timeout=accept_timeout, request_timeout=request_timeout)
+        await upstream.start()
+        async with anyio.create_task_group() as tg:
+            await tg.start(view.run)
+            with anyio.fail_after(10):
+                await view.loaded.wait()
+            yield Edge(nc, view, upstream, FederatedServer(view, upstream), edge_id)
+            tg.cancel_scope.cancel()
+    finally:
+        with anyio.move_on_after(5, shield=True):
+            await nc.drain()

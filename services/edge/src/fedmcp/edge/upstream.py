@@ -1,0 +1,143 @@
+"""The edge's side of the data plane: one JSON-RPC request over the bus to a server's adapters.
+
+The edge subscribes once to `reply.<edge>.*` and gives every request its own
+reply token, so an adapter can stream several frames back (accept, then
+notifications, then the result) without a subscription per call.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from fedmcp.shared import headers, jsonrpc
+from fedmcp.shared.subjects import Subjects
+from mcp.shared.exceptions import MCPError
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+log = structlog.get_logger("fedmcp.edge.upstream")
+
+_NO_RESPONDERS = "503"
+
+
+@dataclass
+class Frame:
+    kind: str
+    data: bytes
+    instance: str | None = None
+
+
+@dataclass
+class _Call:
+    send: MemoryObjectSendStream[Frame]
+    receive: MemoryObjectReceiveStream[Frame]
+    instances: list[str] = field(default_factory=list)
+
+
+class Upstream:
+    def __init__(
+        self, nc: NATS, subjects: Subjects, edge_id: str, *, accept_timeout: float = 2.0, request_timeout: float = 60.0
+    ) -> None:
+        self.nc = nc
+        self.subjects = subjects
+        self.edge_id = edge_id
+        self.accept_timeout = accept_timeout
+        self.request_timeout = request_timeout
+        self._tokens = itertools.count(1)
+        self._calls: dict[str, _Call] = {}
+        self._prefix_len = len(subjects.reply(edge_id, ""))
+
+    async def start(self) -> None:
+        await self.nc.subscribe(self.subjects.reply_all(self.edge_id), cb=self._on_reply)
+        await self.nc.flush(timeout=5)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        call = self._calls.get(msg.subject[self._prefix_len :])
+        if call is None:
+            return  # a late frame of a call that already ended
+        hdrs = msg.headers or {}
+        if hdrs.get("Status") == _NO_RESPONDERS:
+            frame = Frame(_NO_RESPONDERS, b"")
+        elif not headers.speaks_our_protocol(hdrs):
+            frame = Frame(
+                headers.Kind.RESULT,
+                jsonrpc.encode_error(
+                    None, jsonrpc.BUS_PROTOCOL_MISMATCH, f"adapter answered in bus protocol {hdrs.get(headers.BUS)}"
+                ),
+            )
+        else:
+            frame = Frame(hdrs.get(headers.KIND, ""), msg.data, hdrs.get(headers.INSTANCE))
+        try:
+            call.send.send_nowait(frame)
+        except anyio.WouldBlock:
+            log.warning("reply frame dropped: caller is not keeping up", subject=msg.subject)
+
+    async def request(
+        self,
+        server: str,
+        method: str,
+        params: dict[str, Any] | None,
+        *,
+        front_version: str,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send one request to `server` and return the decoded `result`; raise MCPError otherwise."""
+        timeout = self.request_timeout if timeout is None else timeout
+        token = str(next(self._tokens))
+        send, receive = anyio.create_memory_object_stream[Frame](32)
+        self._calls[token] = call = _Call(send, receive)
+        try:
+            payload = jsonrpc.encode_request(method, params, int(token))
+            hdrs = headers.base({headers.DEADLINE: headers.deadline_in(timeout), headers.FRONT_VERSION: front_version})
+            await self.nc.publish(
+                self.subjects.rpc(server), payload, reply=self.subjects.reply(self.edge_id, token), headers=hdrs
+            )
+            return await self._await_result(server, call, timeout)
+        finally:
+            del self._calls[token]
+            send.close()
+            receive.close()
+
+    async def _await_result(self, server: str, call: _Call, timeout: float) -> Any:
+        deadline = anyio.current_time() + timeout
+        accepted = False
+        while True:
+            wait = deadline - anyio.current_time()
+            if not accepted:
+                wait = min(wait, self.accept_timeout)
+            frame: Frame | None = None
+            with anyio.move_on_after(max(wait, 0)):
+                frame = await call.receive.receive()
+            if frame is None:
+                if not accepted and anyio.current_time() < deadline:
+                    raise MCPError(
+                        code=jsonrpc.UPSTREAM_UNAVAILABLE,
+                        message=f"no adapter of server {server!r} accepted the request",
+                    )
+                raise MCPError(code=jsonrpc.UPSTREAM_TIMEOUT, message=f"server {server!r} did not answer in time")
+            if frame.kind == _NO_RESPONDERS:
+                raise MCPError(code=jsonrpc.UPSTREAM_UNAVAILABLE, message=f"server {server!r} has no running adapter")
+            if frame.kind == headers.Kind.ACCEPT:
+                accepted = True
+                if frame.instance:
+                    call.instances.append(frame.instance)
+                continue
+            if frame.kind == headers.Kind.RESULT:
+                return _result_of(frame.data)
+
+
+def _result_of(data: bytes) -> Any:
+    try:
+        response = jsonrpc.decode_response(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MCPError(code=jsonrpc.INTERNAL_ERROR, message="adapter sent an unreadable response") from exc
+    if response.error is not None:
+        err = response.error
+        raise MCPError(code=err.code, message=err.message, data=err.data)
+    return response.result if response.result is not None else {}

@@ -1,0 +1,85 @@
+"""`fedmcp-manager`: the control plane (registry, routes, health). Never on the request path."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import anyio
+import click
+import structlog
+from fedmcp.manager.registry import Registry
+from fedmcp.shared import buckets, bus, logs
+from fedmcp.shared.signals import stop_on_signals
+from fedmcp.shared.subjects import DEFAULT_PREFIX, Subjects
+
+log = structlog.get_logger("fedmcp.manager")
+
+
+async def run_manager(
+    nats_url: str,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    evict_after: float = 6.0,
+    stop: anyio.Event | None = None,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    subjects = Subjects(prefix)
+    nc = await bus.connect(nats_url, name="manager")
+    try:
+        js = nc.jetstream(timeout=5)
+        registry = Registry(
+            nc,
+            subjects,
+            await buckets.open_bucket(js, subjects, buckets.REGISTRY),
+            await buckets.open_bucket(js, subjects, buckets.CATALOGS),
+            evict_after=evict_after,
+        )
+        subs = [
+            await nc.subscribe(subjects.announce_all(), cb=registry.on_announce),
+            await nc.subscribe(subjects.heartbeat_all(), cb=registry.on_heartbeat),
+            await nc.subscribe(subjects.goodbye_all(), cb=registry.on_goodbye),
+        ]
+        await nc.flush(timeout=5)
+        await registry.load()
+        log.info("manager running", prefix=prefix)
+        task_status.started()
+        stop = stop or anyio.Event()
+        with anyio.CancelScope() as scope:
+
+            async def evictor() -> None:
+                while True:
+                    await anyio.sleep(evict_after / 3)
+                    await registry.evict_silent()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(evictor)
+                await stop.wait()
+                scope.cancel()
+        for sub in subs:
+            await sub.unsubscribe()
+    finally:
+        with anyio.move_on_after(5, shield=True):
+            await nc.drain()
+
+
+async def _serve(nats_url: str, prefix: str, evict_after: float) -> None:
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_on_signals, stop)
+        await run_manager(nats_url, prefix=prefix, evict_after=evict_after, stop=stop)
+        tg.cancel_scope.cancel()
+
+
+@click.command()
+@click.option("--nats-url", envvar="FEDMCP_NATS_URL", default="nats://127.0.0.1:4222", show_default=True)
+@click.option("--prefix", default=DEFAULT_PREFIX, show_default=True)
+@click.option("--region", envvar="FEDMCP_REGION", default="local", show_default=True)
+@click.option("--evict-after", default=6.0, show_default=True, help="Seconds of silence before an instance is removed.")
+def main(nats_url: str, prefix: str, region: str, evict_after: float) -> None:
+    """Run the federation manager."""
+    logs.configure("manager", region=region)
+    anyio.run(partial(_serve, nats_url, prefix, evict_after))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""The registry: adapter instances and server catalogs, kept in JetStream KV.
+
+Adapters announce themselves and heartbeat; the manager turns that into two
+buckets (see fedmcp.shared.buckets) and evicts instances that fall silent.
+Edges read the catalogs bucket directly, so the manager is never on the
+request path and known routes keep working while it is down.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import structlog
+from fedmcp.shared import envelopes, headers, routing
+from fedmcp.shared.envelopes import Announce, CatalogEntry, Heartbeat, Instance
+from fedmcp.shared.subjects import Subjects
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
+
+log = structlog.get_logger("fedmcp.manager.registry")
+
+
+@dataclass
+class Registry:
+    nc: NATS
+    subjects: Subjects
+    instances_kv: KeyValue
+    catalogs_kv: KeyValue
+    evict_after: float = 6.0
+    instances: dict[tuple[str, str], Instance] = field(default_factory=dict)
+    catalogs: dict[str, CatalogEntry] = field(default_factory=dict)
+    _seen: dict[tuple[str, str], float] = field(default_factory=dict)
+    _conflicts: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def _key(instance: Instance) -> str:
+        return f"{instance.server}.{instance.instance}"
+
+    async def load(self) -> None:
+        """Pick up where a previous manager left off; every loaded instance gets a fresh grace period."""
+        now = time.monotonic()
+        for key in await _keys(self.catalogs_kv):
+            entry = await self.catalogs_kv.get(key)
+            if entry.value:
+                self.catalogs[key] = envelopes.decode(entry.value, CatalogEntry)
+        for key in await _keys(self.instances_kv):
+            entry = await self.instances_kv.get(key)
+            if entry.value:
+                inst = envelopes.decode(entry.value, Instance)
+                self.instances[(inst.server, inst.instance)] = inst
+                self._seen[(inst.server, inst.instance)] = now
+        for server in {s for s, _ in self.instances} | set(self.catalogs):
+            await self.nc.publish(self.subjects.reannounce(server), b"", headers=headers.base())
+
+    async def on_announce(self, msg: Msg) -> None:
+        if not headers.speaks_our_protocol(msg.headers):
+            log.warning("ignored announce in another bus protocol version", subject=msg.subject)
+            return
+        announce = envelopes.decode(msg.data, Announce)
+        await self._upsert(announce.instance)
+        if announce.catalog is not None:
+            await self._set_catalog(announce)
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        if not headers.speaks_our_protocol(msg.headers):
+            return
+        inst = envelopes.decode(msg.data, Heartbeat).instance
+        known = self.catalogs.get(inst.server)
+        if (inst.server, inst.instance) not in self.instances or (
+            inst.catalog_digest and (known is None or known.digest != inst.catalog_digest)
+        ):
+            # A manager that restarted, or a catalog it missed: ask for the full story.
+            await self.nc.publish(self.subjects.reannounce(inst.server), b"", headers=headers.base())
+        await self._upsert(inst)
+
+    async def on_goodbye(self, msg: Msg) -> None:
+        if not headers.speaks_our_protocol(msg.headers):
+            return
+        inst = envelopes.decode(msg.data, Heartbeat).instance
+        await self._remove(inst.server, inst.instance, reason="goodbye")
+
+    async def _upsert(self, inst: Instance) -> None:
+        key = (inst.server, inst.instance)
+        is_new = key not in self.instances
+        self.instances[key] = inst
+        self._seen[key] = time.monotonic()
+        await self.instances_kv.put(self._key(inst), envelopes.encode(inst))
+        if is_new:
+            log.info("instance joined", server=inst.server, instance=inst.instance, region=inst.region)
+            await self._routes_changed(inst.server)
+
+    async def _set_catalog(self, announce: Announce) -> None:
+        assert announce.catalog is not None
+        inst = announce.instance
+        digest = announce.catalog.digest()
+        current = self.catalogs.get(inst.server)
+        if current is not None and current.digest == digest and current.settings == inst.settings:
+            return
+        self.catalogs[inst.server] = CatalogEntry(
+            catalog=announce.catalog, digest=digest, settings=inst.settings, instances=self._instance_ids(inst.server)
+        )
+        await self.catalogs_kv.put(inst.server, envelopes.encode(self.catalogs[inst.server]))
+        await self.nc.publish(self.subjects.catalog_changed(inst.server), digest.encode(), headers=headers.base())
+        log.info("catalog changed", server=inst.server, digest=digest, tools=len(announce.catalog.tools))
+        self._report_conflicts()
+
+    def _instance_ids(self, server: str) -> list[str]:
+        return sorted(i for s, i in self.instances if s == server)
+
+    async def _routes_changed(self, server: str) -> None:
+        await self.nc.publish(
+            self.subjects.route_changed(server), envelopes.encode(self._instance_ids(server)), headers=headers.base()
+        )
+
+    async def _remove(self, server: str, instance: str, *, reason: str) -> None:
+        if self.instances.pop((server, instance), None) is None:
+            return
+        self._seen.pop((server, instance), None)
+        await self.instances_kv.delete(f"{server}.{instance}")
+        log.info("instance left", server=server, instance=instance, reason=reason)
+        await self._routes_changed(server)
+        if not self._instance_ids(server) and server in self.catalogs:
+            # The last instance is gone: the server leaves the federation's catalog.
+            del self.catalogs[server]
+            await self.catalogs_kv.delete(server)
+            await self.nc.publish(self.subjects.catalog_changed(server), b"", headers=headers.base())
+            log.info("server left the federation", server=server)
+            self._report_conflicts()
+
+    async def evict_silent(self) -> None:
+        cutoff = time.monotonic() - self.evict_after
+        for (server, instance), seen in list(self._seen.items()):
+            if seen < cutoff:
+                await self._remove(server, instance, reason="missed heartbeats")
+
+    def _report_conflicts(self) -> None:
+        conflicts = routing.build(self.catalogs).conflicts
+        for conflict in conflicts:
+            if conflict not in self._conflicts:
+                log.warning("catalog conflict", detail=conflict)
+        self._conflicts = conflicts
+
+
+async def _keys(kv: KeyValue) -> list[str]:
+    try:
+        keys: list[str] = await kv.keys()
+        return keys
+    except Exception:  # nats-py raises NoKeysError on an empty bucket
+        return []

@@ -1,0 +1,250 @@
+"""The adapter's connection to its backing MCP server.
+
+One `Client` per backing server, negotiated in whichever era the server
+speaks (`server/discover` first, else `initialize`). A supervisor task keeps
+it alive: when the server crashes it reconnects with exponential backoff,
+and requests that arrive meanwhile wait a bounded time, then get a clear
+JSON-RPC error instead of hanging.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+import structlog
+from fedmcp.shared import jsonrpc
+from fedmcp.shared.config import BackingServer
+from fedmcp.shared.envelopes import Catalog
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import get_default_environment
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic import TypeAdapter, ValidationError
+
+log = structlog.get_logger("fedmcp.adapter.backend")
+
+_RAW_RESULT = TypeAdapter(dict[str, Any])
+_MAX_PAGES = 1000
+
+LIST_METHODS = {
+    "tools/list": "tools",
+    "resources/list": "resources",
+    "resources/templates/list": "resourceTemplates",
+    "prompts/list": "prompts",
+}
+
+
+class BackendUnavailable(Exception):
+    """The backing server is not connected (starting, crashed, restarting)."""
+
+
+class Backend:
+    def __init__(
+        self,
+        name: str,
+        config: BackingServer,
+        on_catalog: Callable[[Catalog], Awaitable[None]],
+        *,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
+        probe_interval: float = 5.0,
+        connect_timeout: float = 30.0,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self._on_catalog = on_catalog
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._probe_interval = probe_interval
+        self._connect_timeout = connect_timeout
+        self._client: Client | None = None
+        self._ready = anyio.Event()
+        self._lost = anyio.Event()
+        self._relist = anyio.Event()
+        self.restarts = 0
+        self.state = "starting"
+        self.catalog: Catalog | None = None
+
+    # -- connection ---------------------------------------------------------
+    def _target(self, stack: AsyncExitStack) -> str | StdioServerParameters | Any:
+        cfg = self.config
+        if cfg.command is not None:
+            env = dict(os.environ) if cfg.inherit_env else get_default_environment()
+            env.update(cfg.env)
+            return StdioServerParameters(command=cfg.command, args=cfg.args, env=env, cwd=cfg.cwd)
+        assert cfg.url is not None
+        if not cfg.headers:
+            return cfg.url
+        http = httpx2.AsyncClient(headers=cfg.headers, timeout=httpx2.Timeout(30.0, read=300.0))
+        stack.push_async_callback(http.aclose)
+        return streamable_http_client(cfg.url, http_client=http)
+
+    async def _on_message(self, message: types.ServerNotification | Exception) -> None:
+        if isinstance(
+            message,
+            types.ToolListChangedNotification
+            | types.PromptListChangedNotification
+            | types.ResourceListChangedNotification,
+        ):
+            self._relist.set()
+
+    async def run(self) -> None:
+        """Supervise the connection until cancelled."""
+        backoff = self._backoff_initial
+        while True:
+            started = anyio.current_time()
+            try:
+                await self._connected_session()
+            except Exception as exc:  # any failure of the child or the link: restart it
+                log.warning("backing server connection failed", server=self.name, error=repr(exc))
+            self.state = "restarting"
+            self._client = None
+            self._ready = anyio.Event()
+            self.restarts += 1
+            if anyio.current_time() - started > 30:
+                backoff = self._backoff_initial  # it ran fine for a while: start the backoff over
+            log.info("restarting backing server", server=self.name, in_seconds=backoff)
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, self._backoff_max)
+
+    async def _connected_session(self) -> None:
+        # The handshake gets a deadline; once connected the scope is relaxed.
+        # (A timeout scope around only the client's __aenter__ would be exited
+        # while the client's own task group is still open.)
+        with anyio.CancelScope(deadline=anyio.current_time() + self._connect_timeout) as scope:
+            async with AsyncExitStack() as stack:
+                client = Client(self._target(stack), mode="auto", cache=None, message_handler=self._on_message)
+                await stack.enter_async_context(client)
+                self._lost = anyio.Event()
+                self._client = client
+                await self._publish_catalog(client)
+                scope.deadline = math.inf
+                self.state = "ready"
+                self._ready.set()
+                log.info("backing server connected", server=self.name, protocol_version=client.protocol_version)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._probe, client)
+                    tg.start_soon(self._watch_lists, client)
+                    if client.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS:
+                        tg.start_soon(self._listen_modern, client)
+                    await self._lost.wait()
+                    tg.cancel_scope.cancel()
+        if scope.cancelled_caught:
+            raise TimeoutError(f"no handshake with the backing server within {self._connect_timeout}s")
+
+    async def _probe(self, client: Client) -> None:
+        """Notice a backing server that died while idle."""
+        while True:
+            await anyio.sleep(self._probe_interval)
+            method = "ping" if client.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS else "server/discover"
+            try:
+                await self._raw(client, method, None, timeout=10)
+            except MCPError as exc:
+                if exc.error.code == jsonrpc.METHOD_NOT_FOUND:
+                    continue
+                self._lost.set()
+                return
+
+    async def _watch_lists(self, client: Client) -> None:
+        while True:
+            await self._relist.wait()
+            self._relist = anyio.Event()
+            await self._publish_catalog(client)
+
+    async def _listen_modern(self, client: Client) -> None:
+        caps = client.server_capabilities
+        wants = {
+            "tools_list_changed": bool(caps.tools and caps.tools.list_changed),
+            "prompts_list_changed": bool(caps.prompts and caps.prompts.list_changed),
+            "resources_list_changed": bool(caps.resources and caps.resources.list_changed),
+        }
+        if not any(wants.values()):
+            return
+        try:
+            async with client.listen(**wants) as sub:
+                async for _event in sub:
+                    self._relist.set()
+        except Exception as exc:  # the server may not serve listen after all; polling is not worth it
+            log.info("backing server has no usable subscriptions/listen", server=self.name, error=repr(exc))
+
+    async def _publish_catalog(self, client: Client) -> None:
+        catalog = await read_catalog(self.name, client)
+        self.catalog = catalog
+        await self._on_catalog(catalog)
+
+    # -- requests -------------------------------------------------------------
+    @staticmethod
+    async def _raw(client: Client, method: str, params: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+        request = types.Request[dict[str, Any] | None, str](method=method, params=params)
+        return await client.session.send_request(request, _RAW_RESULT, request_read_timeout_seconds=timeout)
+
+    async def request(
+        self, method: str, params: dict[str, Any] | None, *, timeout: float, wait_ready: float
+    ) -> dict[str, Any]:
+        """Send one request to the backing server and return its raw result.
+
+        Raises MCPError for a JSON-RPC error from the server, BackendUnavailable
+        when it is not connected within `wait_ready` seconds.
+        """
+        client = self._client
+        if client is None:
+            with anyio.move_on_after(max(0.0, wait_ready)):
+                await self._ready.wait()
+            client = self._client
+            if client is None:
+                raise BackendUnavailable(self.state)
+        try:
+            return await self._raw(client, method, params, timeout)
+        except MCPError as exc:
+            if exc.error.code == jsonrpc.CONNECTION_CLOSED_SDK:
+                self._lost.set()
+                raise BackendUnavailable("crashed") from exc
+            raise
+        except ValidationError as exc:
+            log.warning("backing server returned an invalid result", server=self.name, method=method)
+            raise MCPError(
+                code=jsonrpc.INTERNAL_ERROR, message=f"server {self.name!r} returned an invalid {method} result"
+            ) from exc
+
+
+async def read_catalog(name: str, client: Client) -> Catalog:
+    """Read every page of every list the server offers."""
+    caps = client.server_capabilities
+    offered = {
+        "tools/list": caps.tools is not None,
+        "resources/list": caps.resources is not None,
+        "resources/templates/list": caps.resources is not None,
+        "prompts/list": caps.prompts is not None,
+    }
+    lists: dict[str, list[dict[str, Any]]] = {}
+    for method, key in LIST_METHODS.items():
+        items: list[dict[str, Any]] = []
+        if offered[method]:
+            cursor: str | None = None
+            for _ in range(_MAX_PAGES):
+                page = await Backend._raw(client, method, {"cursor": cursor} if cursor else None, timeout=30)
+                items.extend(page.get(key) or [])
+                cursor = page.get("nextCursor")
+                if not cursor:
+                    break
+        lists[key] = items
+    info = client.server_info
+    return Catalog(
+        server=name,
+        protocol_version=client.protocol_version,
+        server_info=info.model_dump(mode="json", by_alias=True, exclude_none=True) if info else {},
+        capabilities=caps.model_dump(mode="json", by_alias=True, exclude_none=True),
+        instructions=client.instructions,
+        tools=lists["tools"],
+        resources=lists["resources"],
+        resource_templates=lists["resourceTemplates"],
+        prompts=lists["prompts"],
+    )

@@ -1,0 +1,85 @@
+"""`fedmcp-adapter`: run one adapter process for one backing server."""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+
+import anyio
+import click
+from fedmcp.adapter.service import Adapter
+from fedmcp.shared import bus, logs
+from fedmcp.shared.config import BackingServer, decode_server, load_toml
+from fedmcp.shared.signals import stop_on_signals
+from fedmcp.shared.subjects import Subjects
+
+
+async def serve(
+    nats_url: str, name: str, server: BackingServer, *, prefix: str, region: str, heartbeat: float = 2.0
+) -> None:
+    adapter_nc = await bus.connect(nats_url, name=f"adapter-{name}")
+    adapter = Adapter(adapter_nc, name, server, subjects=Subjects(prefix), region=region, heartbeat_interval=heartbeat)
+    logs.configure("adapter", region=region, instance=adapter.instance.instance)
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_on_signals, stop)
+
+        async def relay() -> None:
+            await stop.wait()
+            adapter.stop()
+
+        tg.start_soon(relay)
+        await adapter.run()
+        tg.cancel_scope.cancel()
+    await adapter_nc.drain()
+
+
+@click.command()
+@click.option("--nats-url", envvar="FEDMCP_NATS_URL", default="nats://127.0.0.1:4222", show_default=True)
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="fedmcp.toml")
+@click.option("--name", required=True, help="Server name (a key of [servers] in the config).")
+@click.option("--server-json", help="The server's settings as JSON instead of --config.")
+@click.option("--prefix", default=None, help="Subject prefix of the federation.")
+@click.option("--region", envvar="FEDMCP_REGION", default=None)
+@click.option("--heartbeat", default=2.0, show_default=True, help="Seconds between heartbeats.")
+def main(
+    nats_url: str,
+    config_path: str | None,
+    name: str,
+    server_json: str | None,
+    prefix: str | None,
+    region: str | None,
+    heartbeat: float,
+) -> None:
+    """Wrap one backing MCP server (stdio command or HTTP URL) and serve it on the bus."""
+    from pathlib import Path
+
+    if server_json:
+        server = decode_server(server_json.encode())
+        server.check(name)
+        cfg_prefix, cfg_region = "fedmcp", "local"
+    elif config_path:
+        config = load_toml(Path(config_path))
+        if name not in config.servers:
+            raise click.BadParameter(f"no server {name!r} in {config_path}", param_hint="--name")
+        server, cfg_prefix, cfg_region = config.servers[name], config.prefix, config.region
+    else:
+        raise click.UsageError("give --config or --server-json")
+    try:
+        anyio.run(
+            partial(
+                serve,
+                nats_url,
+                name,
+                server,
+                prefix=prefix or cfg_prefix,
+                region=region or cfg_region,
+                heartbeat=heartbeat,
+            )
+        )
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

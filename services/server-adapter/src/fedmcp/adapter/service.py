@@ -1,0 +1,238 @@
+"""The adapter service: serves one backing server's requests from its NATS queue group.
+
+Flow of one request (see docs/architecture.md):
+  edge publishes JSON-RPC bytes on `rpc.<server>` with a reply subject ->
+  any adapter of the queue group picks it up -> answers `accept` at once ->
+  forwards to the backing server -> publishes the JSON-RPC response.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskGroup
+from fedmcp.adapter.backend import Backend, BackendUnavailable
+from fedmcp.shared import envelopes, headers, jsonrpc
+from fedmcp.shared.config import BackingServer
+from fedmcp.shared.envelopes import Announce, Catalog, Heartbeat, Instance, ServerSettings
+from fedmcp.shared.subjects import Subjects
+from mcp.shared.exceptions import MCPError
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+log = structlog.get_logger("fedmcp.adapter")
+
+SERVED_METHODS = frozenset(
+    {
+        "tools/call",
+        "tools/list",
+        "resources/read",
+        "resources/list",
+        "resources/templates/list",
+        "prompts/get",
+        "prompts/list",
+        "completion/complete",
+    }
+)
+
+
+def new_instance_id() -> str:
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:24]
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Adapter:
+    def __init__(
+        self,
+        nc: NATS,
+        name: str,
+        config: BackingServer,
+        *,
+        subjects: Subjects | None = None,
+        region: str = "local",
+        instance_id: str | None = None,
+        heartbeat_interval: float = 2.0,
+        default_timeout: float = 60.0,
+        restart_wait: float = 5.0,
+        drain_timeout: float = 30.0,
+        version: str = "0.1.0",
+    ) -> None:
+        self.nc = nc
+        self.name = name
+        self.subjects = subjects or Subjects()
+        self.heartbeat_interval = heartbeat_interval
+        self.default_timeout = default_timeout
+        self.restart_wait = restart_wait
+        self.drain_timeout = drain_timeout
+        self.instance = Instance(
+            server=name,
+            instance=instance_id or new_instance_id(),
+            region=region,
+            version=version,
+            started_at=time.time(),
+            state="starting",
+            settings=ServerSettings(prefix=config.prefix),
+        )
+        self.backend = Backend(name, config, self._catalog_changed)
+        self._inflight = 0
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._tg: TaskGroup | None = None
+        self._ready = anyio.Event()
+        self._stop = anyio.Event()
+
+    @property
+    def ready(self) -> anyio.Event:
+        return self._ready
+
+    # -- control plane ------------------------------------------------------
+    async def _catalog_changed(self, catalog: Catalog) -> None:
+        self.instance.catalog_digest = catalog.digest()
+        self.instance.state = "ready"
+        await self._announce()
+        self._ready.set()
+
+    async def _announce(self) -> None:
+        self.instance.last_seen = time.time()
+        self.instance.inflight = self._inflight
+        body = envelopes.encode(Announce(instance=self.instance, catalog=self.backend.catalog))
+        await self.nc.publish(self.subjects.announce(self.name, self.instance.instance), body, headers=headers.base())
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await anyio.sleep(self.heartbeat_interval)
+            self.instance.state = self.backend.state if self.instance.state != "draining" else "draining"
+            self.instance.inflight = self._inflight
+            self.instance.last_seen = time.time()
+            body = envelopes.encode(Heartbeat(instance=self.instance))
+            await self.nc.publish(
+                self.subjects.heartbeat(self.name, self.instance.instance), body, headers=headers.base()
+            )
+
+    async def _on_reannounce(self, msg: Msg) -> None:
+        if self.backend.catalog is not None:
+            await self._announce()
+
+    # -- data plane -----------------------------------------------------------
+    async def _on_request(self, msg: Msg) -> None:
+        # NATS runs one subscription's callbacks one at a time: hand each request
+        # to the task group so slow tool calls do not queue behind each other.
+        assert self._tg is not None
+        self._inflight += 1
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        self._tg.start_soon(self._serve, msg)
+
+    async def _serve(self, msg: Msg) -> None:
+        try:
+            await self._serve_one(msg)
+        except Exception:
+            log.exception("request failed", server=self.name)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    async def _reply(self, msg: Msg, kind: str, payload: bytes = b"") -> None:
+        if not msg.reply:
+            return
+        await self.nc.publish(
+            msg.reply, payload, headers=headers.base({headers.KIND: kind, headers.INSTANCE: self.instance.instance})
+        )
+
+    async def _serve_one(self, msg: Msg) -> None:
+        if not headers.speaks_our_protocol(msg.headers):
+            got = (msg.headers or {}).get(headers.BUS, "none")
+            await self._reply(
+                msg,
+                headers.Kind.RESULT,
+                jsonrpc.encode_error(
+                    None,
+                    jsonrpc.BUS_PROTOCOL_MISMATCH,
+                    f"adapter speaks fedmcp bus protocol {headers.base()[headers.BUS]}, request has {got}",
+                ),
+            )
+            return
+        left = headers.remaining(msg.headers, self.default_timeout)
+        if left <= 0:
+            # The caller has given up already (e.g. a request buffered during a reconnect).
+            log.info("dropped expired request", server=self.name)
+            return
+        await self._reply(msg, headers.Kind.ACCEPT)
+        try:
+            request = jsonrpc.decode_request(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await self._reply(msg, headers.Kind.RESULT, jsonrpc.encode_error(None, jsonrpc.INVALID_REQUEST, str(exc)))
+            return
+        rid = request.id
+        if request.method not in SERVED_METHODS:
+            body = jsonrpc.encode_error(rid, jsonrpc.METHOD_NOT_FOUND, f"method {request.method!r} is not served")
+        else:
+            body = await self._forward(request, left)
+        await self._reply(msg, headers.Kind.RESULT, body)
+
+    async def _forward(self, request: jsonrpc.Request, left: float) -> bytes:
+        rid = request.id
+        try:
+            result: dict[str, Any] = await self.backend.request(
+                request.method, request.params, timeout=left, wait_ready=min(left, self.restart_wait)
+            )
+        except BackendUnavailable as exc:
+            return jsonrpc.encode_error(
+                rid, jsonrpc.UPSTREAM_UNAVAILABLE, f"server {self.name!r} is unavailable ({exc}); try again shortly"
+            )
+        except MCPError as exc:
+            if exc.error.code == jsonrpc.REQUEST_TIMEOUT_SDK:
+                return jsonrpc.encode_error(
+                    rid, jsonrpc.UPSTREAM_TIMEOUT, f"server {self.name!r} did not answer in time"
+                )
+            return jsonrpc.encode_error(rid, exc.error.code, exc.error.message, exc.error.data)
+        return jsonrpc.encode_result(rid, result)
+
+    # -- lifecycle -----------------------------------------------------------
+    def stop(self) -> None:
+        """Begin a graceful drain; `run` returns when it is done."""
+        self._stop.set()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as background:
+            background.start_soon(self.backend.run)
+            # In-flight requests live in their own group so that a drain can wait
+            # for them while the backing connection is still open.
+            async with anyio.create_task_group() as work:
+                self._tg = work
+                reannounce = await self.nc.subscribe(self.subjects.reannounce(self.name), cb=self._on_reannounce)
+                requests = await self.nc.subscribe(
+                    self.subjects.rpc(self.name), queue=self.subjects.rpc_queue(self.name), cb=self._on_request
+                )
+                await self.nc.flush(timeout=5)
+                background.start_soon(self._heartbeats)
+                log.info("adapter serving", server=self.name, instance=self.instance.instance)
+                task_status.started()
+                await self._stop.wait()
+                with anyio.CancelScope(shield=True):
+                    await self._drain(requests, reannounce)
+                work.cancel_scope.cancel()
+            background.cancel_scope.cancel()
+
+    async def _drain(self, *subs: Any) -> None:
+        """Stop taking work, answer what is in flight, then say goodbye."""
+        self.instance.state = "draining"
+        with anyio.move_on_after(5):
+            for sub in subs:
+                await sub.unsubscribe()
+        with anyio.move_on_after(self.drain_timeout):
+            await self._idle.wait()
+        with anyio.move_on_after(2):
+            await self.nc.publish(
+                self.subjects.goodbye(self.name, self.instance.instance),
+                envelopes.encode(Heartbeat(instance=self.instance)),
+                headers=headers.base(),
+            )
+            await self.nc.flush(timeout=2)

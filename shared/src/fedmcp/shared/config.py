@@ -1,0 +1,91 @@
+"""fedmcp configuration: `fedmcp.toml`, or the `mcpServers` JSON that desktop clients use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+from fedmcp.shared.subjects import DEFAULT_PREFIX, check_token
+
+
+class BackingServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How an adapter reaches one backing MCP server: a stdio command or an HTTP URL."""
+
+    command: str | None = None
+    args: list[str] = msgspec.field(default_factory=list)
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    """Added to the SDK's small default environment (PATH, HOME, ...)."""
+    inherit_env: bool = False
+    """Pass the adapter's whole environment to the child (secrets included)."""
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    prefix: str | None = None
+    """Tool and prompt name prefix; default the server name, "" for none."""
+    replicas: int = 1
+    """Adapter processes `fedmcp up` starts for this server."""
+
+    def check(self, name: str) -> None:
+        check_token(name, "server name")
+        if (self.command is None) == (self.url is None):
+            raise ValueError(f"server {name!r}: give exactly one of 'command' or 'url'")
+
+
+class EdgeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8765
+    path: str = "/mcp"
+    max_body_bytes: int = 4 * 1024 * 1024
+    request_timeout: float = 60.0
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    nats_url: str | None = None
+    """None: `fedmcp up` starts an embedded nats-server."""
+    prefix: str = DEFAULT_PREFIX
+    region: str = "local"
+    data_dir: str = ".fedmcp"
+    edge: EdgeSettings = msgspec.field(default_factory=EdgeSettings)
+    servers: dict[str, BackingServer] = msgspec.field(default_factory=dict)
+
+    def check(self) -> Config:
+        for name, server in self.servers.items():
+            server.check(name)
+        return self
+
+
+class _McpJsonServer(msgspec.Struct, kw_only=True):
+    command: str | None = None
+    args: list[str] = msgspec.field(default_factory=list)
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    type: str | None = None
+
+
+class _McpJson(msgspec.Struct):
+    mcpServers: dict[str, _McpJsonServer]
+
+
+def load_toml(path: Path) -> Config:
+    return msgspec.toml.decode(path.read_bytes(), type=Config).check()
+
+
+def load_mcp_json(path: Path, base: Config | None = None) -> Config:
+    """Servers from a desktop client's `mcpServers` file, on top of `base` settings."""
+    doc = msgspec.json.decode(path.read_bytes(), type=_McpJson)
+    servers = {
+        name: BackingServer(command=s.command, args=s.args, env=s.env, cwd=s.cwd, url=s.url, headers=s.headers)
+        for name, s in doc.mcpServers.items()
+    }
+    config = base or Config()
+    return msgspec.structs.replace(config, servers={**config.servers, **servers}).check()
+
+
+def encode_server(server: BackingServer) -> bytes:
+    return msgspec.json.encode(server)
+
+
+def decode_server(data: bytes) -> BackingServer:
+    return msgspec.json.decode(data, type=BackingServer)

@@ -1,0 +1,91 @@
+"""Control-plane envelopes: what adapters announce and what the registry stores.
+
+MCP objects (tools, resources, ...) stay plain JSON mappings: fedmcp routes on
+a few of their fields and passes the rest through untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, TypeVar
+
+import msgspec
+
+JSON = dict[str, Any]
+
+
+class Catalog(msgspec.Struct, kw_only=True):
+    """Everything a backing server offers, read page by page by its adapter."""
+
+    server: str
+    protocol_version: str
+    """MCP version the adapter negotiated with the backing server."""
+    server_info: JSON = msgspec.field(default_factory=dict)
+    capabilities: JSON = msgspec.field(default_factory=dict)
+    instructions: str | None = None
+    tools: list[JSON] = msgspec.field(default_factory=list)
+    resources: list[JSON] = msgspec.field(default_factory=list)
+    resource_templates: list[JSON] = msgspec.field(default_factory=list)
+    prompts: list[JSON] = msgspec.field(default_factory=list)
+
+    def digest(self) -> str:
+        """Content hash; replicas of one server announce equal catalogs."""
+        body = msgspec.json.encode(msgspec.structs.replace(self, server_info={}), order="sorted")
+        return hashlib.sha256(body).hexdigest()[:16]
+
+
+class ServerSettings(msgspec.Struct, kw_only=True, frozen=True):
+    """The routing-relevant part of a server's configuration, announced with it."""
+
+    prefix: str | None = None
+    """Name prefix for tools and prompts; None means the server name, "" means none."""
+
+
+class Instance(msgspec.Struct, kw_only=True):
+    """One running adapter, as stored in the registry."""
+
+    server: str
+    instance: str
+    region: str = "local"
+    version: str = ""
+    started_at: float = 0.0
+    state: str = "ready"
+    """ready | restarting | draining"""
+    catalog_digest: str = ""
+    settings: ServerSettings = ServerSettings()
+    inflight: int = 0
+    last_seen: float = 0.0
+
+
+class Announce(msgspec.Struct, kw_only=True):
+    instance: Instance
+    catalog: Catalog | None = None
+    """None while the backing server is not connected yet."""
+
+
+class Heartbeat(msgspec.Struct, kw_only=True):
+    instance: Instance
+
+
+class CatalogEntry(msgspec.Struct, kw_only=True):
+    """Value of a server's key in the catalogs bucket, written by the manager."""
+
+    catalog: Catalog
+    digest: str
+    settings: ServerSettings = ServerSettings()
+    instances: list[str] = msgspec.field(default_factory=list)
+
+
+encode = msgspec.json.Encoder().encode
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+T = TypeVar("T")
+
+
+def decode(data: bytes, kind: type[T]) -> T:
+    dec = _decoders.get(kind)
+    if dec is None:
+        dec = _decoders[kind] = msgspec.json.Decoder(kind)
+    result: T = dec.decode(data)
+    return result

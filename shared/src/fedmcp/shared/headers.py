@@ -1,0 +1,55 @@
+"""NATS header names of the bus protocol and the checks made on them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from fedmcp.shared import BUS_PROTOCOL_VERSION
+
+BUS = "Fedmcp-Bus"
+"""Bus protocol version of the sender; a receiver that cannot read it answers an error."""
+KIND = "Fedmcp-Kind"
+"""Frame kind on a reply stream: one of `Kind`'s values."""
+INSTANCE = "Fedmcp-Instance"
+"""Adapter instance that accepted or answered a request."""
+DEADLINE = "Fedmcp-Deadline"
+"""Absolute deadline of a request in Unix milliseconds; later work is dropped."""
+FRONT_VERSION = "Fedmcp-Front-Version"
+"""MCP protocol version the client speaks at the edge."""
+SESSION = "Fedmcp-Session"
+"""Edge session id of the client, when it has one."""
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+
+
+class Kind:
+    ACCEPT = "accept"
+    NOTIFY = "notify"
+    RESULT = "result"
+
+
+def deadline_in(seconds: float) -> str:
+    return str(int((time.time() + seconds) * 1000))
+
+
+def remaining(headers: Mapping[str, str] | None, default: float) -> float:
+    """Seconds left before the request's deadline (negative when expired)."""
+    raw = headers.get(DEADLINE) if headers else None
+    if raw is None:
+        return default
+    try:
+        return int(raw) / 1000 - time.time()
+    except ValueError:
+        return default
+
+
+def base(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    out = {BUS: BUS_PROTOCOL_VERSION}
+    if extra:
+        out.update(extra)
+    return out
+
+
+def speaks_our_protocol(headers: Mapping[str, str] | None) -> bool:
+    return bool(headers) and headers is not None and headers.get(BUS) == BUS_PROTOCOL_VERSION

@@ -1,0 +1,82 @@
+"""The few JSON-RPC fields fedmcp routes on, decoded without touching the rest.
+
+Payloads cross the bus as the bytes the MCP hop would carry. A request is
+decoded with msgspec into `RequestHead`; params stay a plain dict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+# Spec-defined codes.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+RESOURCE_NOT_FOUND_LEGACY = -32002
+# The SDK's own codes for a closed connection and a request timeout.
+CONNECTION_CLOSED_SDK = -32000
+REQUEST_TIMEOUT_SDK = -32001
+
+# fedmcp's own codes, in the implementation-defined range -32000..-32019.
+# (-32000 and -32001 are taken by the SDK for connection closed and timeout.)
+UPSTREAM_UNAVAILABLE = -32010
+"""No adapter, or the backing server is down or restarting."""
+UPSTREAM_TIMEOUT = -32011
+"""The request's deadline passed before the backing server answered."""
+BUS_PROTOCOL_MISMATCH = -32012
+"""A service received a bus message in a protocol version it cannot read."""
+UPSTREAM_LOST = -32013
+"""The adapter instance holding a non-idempotent call was lost."""
+OVERLOADED = -32014
+"""Every replica was busy for the bounded wait."""
+
+RequestId = int | str
+
+
+class Request(msgspec.Struct, omit_defaults=True):
+    method: str
+    params: dict[str, Any] | None = None
+    id: RequestId | None = None
+    jsonrpc: str = "2.0"
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    code: int
+    message: str
+    data: Any = None
+
+
+class Response(msgspec.Struct, omit_defaults=True):
+    id: RequestId | None = None
+    result: Any = None
+    error: ErrorBody | None = None
+    jsonrpc: str = "2.0"
+
+
+_request_decoder = msgspec.json.Decoder(Request)
+_response_decoder = msgspec.json.Decoder(Response)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_request(data: bytes) -> Request:
+    return _request_decoder.decode(data)
+
+
+def decode_response(data: bytes) -> Response:
+    return _response_decoder.decode(data)
+
+
+def encode_request(method: str, params: dict[str, Any] | None, request_id: RequestId) -> bytes:
+    return _encoder.encode(Request(method=method, params=params, id=request_id))
+
+
+def encode_result(request_id: RequestId | None, result: Any) -> bytes:
+    return _encoder.encode({"jsonrpc": "2.0", "id": request_id, "result": result})
+
+
+def encode_error(request_id: RequestId | None, code: int, message: str, data: Any = None) -> bytes:
+    return _encoder.encode(Response(id=request_id, error=ErrorBody(code=code, message=message, data=data)))

@@ -1,0 +1,98 @@
+"""Every NATS subject of the fedmcp bus protocol, built from one configurable prefix.
+
+A prefix lets several federations share one NATS account. Tokens that come
+from users (server names, instance ids) are checked so that they can never
+add subject levels or wildcards.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "fedmcp"
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_token(value: str, what: str) -> str:
+    """Return `value` if it is usable as one subject token, else raise ValueError."""
+    if not _TOKEN.match(value):
+        raise ValueError(f"{what} {value!r} must match {_TOKEN.pattern}")
+    return value
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """The subject space of one federation."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not re.match(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$", self.prefix):
+            raise ValueError(f"invalid subject prefix {self.prefix!r}")
+
+    # -- data plane -------------------------------------------------------
+    def rpc(self, server: str) -> str:
+        """Requests for a backing server; its adapters share one queue group."""
+        return f"{self.prefix}.rpc.{server}"
+
+    def rpc_queue(self, server: str) -> str:
+        """Queue group name of a server's adapters."""
+        return f"{self.prefix}.adapter.{server}"
+
+    def rpc_pinned(self, server: str, instance: str) -> str:
+        """Requests for one adapter instance (session affinity)."""
+        return f"{self.prefix}.rpc.{server}.{instance}"
+
+    def reply(self, edge: str, token: str) -> str:
+        """Reply stream of one request: accept, notifications, then the result."""
+        return f"{self.prefix}.reply.{edge}.{token}"
+
+    def reply_all(self, edge: str) -> str:
+        """Wildcard an edge subscribes to once for all its reply streams."""
+        return f"{self.prefix}.reply.{edge}.*"
+
+    # -- control plane ----------------------------------------------------
+    def announce(self, server: str, instance: str) -> str:
+        """An adapter's full announcement (instance record and catalog)."""
+        return f"{self.prefix}.evt.announce.{server}.{instance}"
+
+    def announce_all(self) -> str:
+        return f"{self.prefix}.evt.announce.*.*"
+
+    def heartbeat(self, server: str, instance: str) -> str:
+        return f"{self.prefix}.evt.heartbeat.{server}.{instance}"
+
+    def heartbeat_all(self) -> str:
+        return f"{self.prefix}.evt.heartbeat.*.*"
+
+    def goodbye(self, server: str, instance: str) -> str:
+        """An adapter leaving on purpose (drain), so it is removed at once."""
+        return f"{self.prefix}.evt.goodbye.{server}.{instance}"
+
+    def goodbye_all(self) -> str:
+        return f"{self.prefix}.evt.goodbye.*.*"
+
+    def catalog_changed(self, server: str) -> str:
+        """Published by the manager when a server's catalog changes."""
+        return f"{self.prefix}.evt.catalog.{server}"
+
+    def route_changed(self, server: str) -> str:
+        """Published by the manager when a server's set of instances changes."""
+        return f"{self.prefix}.evt.route.{server}"
+
+    def control_events(self) -> str:
+        """Everything the manager publishes, for observers such as `fedmcp ls --watch`."""
+        return f"{self.prefix}.evt.>"
+
+    def reannounce(self, server: str) -> str:
+        """Asks every adapter of a server to announce again (manager restart, unknown catalog)."""
+        return f"{self.prefix}.ctl.reannounce.{server}"
+
+    def reannounce_all(self) -> str:
+        return f"{self.prefix}.ctl.reannounce.*"
+
+    # -- state ------------------------------------------------------------
+    def bucket(self, name: str) -> str:
+        """KV bucket names may not contain dots."""
+        return f"{self.prefix.replace('.', '_')}_{name}"
