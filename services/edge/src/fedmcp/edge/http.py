@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import anyio
 import uvicorn
+from fedmcp.edge.guard import JsonRpcGuard
 from fedmcp.edge.runtime import Edge
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
@@ -34,13 +35,15 @@ def build_app(edge: Edge, *, host: str, path: str = "/mcp", max_body_bytes: int 
         # Behind a load balancer the Host header is the public name; operators
         # restrict origins there. DNS-rebinding checks stay on for loopback.
         security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    return edge.federated.server.streamable_http_app(
+    app = edge.federated.server.streamable_http_app(
         streamable_http_path=path,
         host=host,
         transport_security=security,
         max_request_body_size=max_body_bytes,
         custom_starlette_routes=[Route("/healthz", healthz), Route("/readyz", readyz)],
     )
+    app.add_middleware(JsonRpcGuard, path=path, max_body_bytes=max_body_bytes)
+    return app
 
 
 class _Uvicorn(uvicorn.Server):

@@ -73,6 +73,11 @@ class Backend:
         self.state = "starting"
         self.catalog: Catalog | None = None
 
+    async def wait_ready(self) -> None:
+        """Until the backing server is connected and its catalog read."""
+        while self._client is None:
+            await self._ready.wait()
+
     # -- connection ---------------------------------------------------------
     def _target(self, stack: AsyncExitStack) -> str | StdioServerParameters | Any:
         cfg = self.config

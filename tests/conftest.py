@@ -1,0 +1,105 @@
+"""Fixtures on real parts: a real nats-server, real MCP servers, real SDK clients."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import TaskGroup
+
+from fedmcp.adapter.service import Adapter
+from fedmcp.edge.http import bind, serve_http
+from fedmcp.edge.runtime import Edge, edge_runtime
+from fedmcp.manager.main import run_manager
+from fedmcp.shared import bus
+from fedmcp.shared.config import BackingServer
+from fedmcp.shared.natsserver import NatsServer
+
+SERVERS = Path(__file__).parent / "servers"
+
+
+def python_server(script: str, **kw: Any) -> BackingServer:
+    """A backing server run by this interpreter from tests/servers."""
+    return BackingServer(command=sys.executable, args=[str(SERVERS / script)], **kw)
+
+
+def demo_server(**kw: Any) -> BackingServer:
+    return BackingServer(command=sys.executable, args=["-m", "fedmcp.demo_server.server"], **kw)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    with NatsServer(tmp_path / "nats") as server:
+        yield server
+
+
+@dataclass
+class Federation:
+    """Manager, adapters and an HTTP edge in this process, joined only by a real NATS."""
+
+    nats_url: str
+    tg: TaskGroup
+    stack: AsyncExitStack
+    edge: Edge | None = None
+    url: str = ""
+    adapters: dict[str, list[Adapter]] = field(default_factory=dict)
+
+    async def add_server(self, name: str, server: BackingServer, *, wait: bool = True, **kw: Any) -> Adapter:
+        nc = await bus.connect(self.nats_url, name=f"test-adapter-{name}")
+        self.stack.push_async_callback(nc.close)
+        adapter = Adapter(nc, name, server, heartbeat_interval=0.5, **kw)
+        self.adapters.setdefault(name, []).append(adapter)
+        await self.tg.start(adapter.run)
+        if wait:
+            await self.wait_for_server(name, present=True)
+        return adapter
+
+    async def remove_server(self, name: str) -> None:
+        for adapter in self.adapters.pop(name):
+            adapter.stop()
+        await self.wait_for_server(name, present=False)
+
+    async def wait_for_server(self, name: str, *, present: bool, timeout: float = 20) -> None:
+        """Until the edge's catalog has (or lacks) the server: an event-driven condition, bounded."""
+        assert self.edge is not None
+        changed = anyio.Event()
+
+        async def on_change(kinds: frozenset[str]) -> None:
+            changed.set()
+
+        self.edge.view.on_change(on_change)
+        with anyio.fail_after(timeout):
+            while (name in self.edge.view.table.servers) != present:
+                await changed.wait()
+                changed = anyio.Event()
+
+
+@asynccontextmanager
+async def federation(nats_url: str, *, evict_after: float = 2.0, **edge_kw: Any) -> AsyncIterator[Federation]:
+    async with AsyncExitStack() as stack, anyio.create_task_group() as tg:
+        fed = Federation(nats_url, tg, stack)
+        stop = anyio.Event()
+        await tg.start(lambda task_status: run_manager(nats_url, evict_after=evict_after, stop=stop, task_status=task_status))
+        async with edge_runtime(nats_url, **edge_kw) as edge, anyio.create_task_group() as edge_tg:
+            fed.edge = edge
+            sock = bind("127.0.0.1", 0)
+            fed.url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
+            edge_tg.start_soon(lambda: serve_http(edge, sock, stop=stop, max_body_bytes=1024 * 1024))
+            try:
+                yield fed
+            finally:
+                for adapters in fed.adapters.values():
+                    for adapter in adapters:
+                        adapter.stop()
+                stop.set()
