@@ -12,7 +12,6 @@ from typing import Any
 import anyio
 import pytest
 from anyio.abc import TaskGroup
-
 from fedmcp.adapter.service import Adapter
 from fedmcp.edge.http import bind, serve_http
 from fedmcp.edge.runtime import Edge, edge_runtime
@@ -73,16 +72,8 @@ class Federation:
     async def wait_for_server(self, name: str, *, present: bool, timeout: float = 20) -> None:
         """Until the edge's catalog has (or lacks) the server: an event-driven condition, bounded."""
         assert self.edge is not None
-        changed = anyio.Event()
-
-        async def on_change(kinds: frozenset[str]) -> None:
-            changed.set()
-
-        self.edge.view.on_change(on_change)
         with anyio.fail_after(timeout):
-            while (name in self.edge.view.table.servers) != present:
-                await changed.wait()
-                changed = anyio.Event()
+            await self.edge.view.wait_until(lambda table: (name in table.servers) == present)
 
 
 @asynccontextmanager
@@ -90,7 +81,9 @@ async def federation(nats_url: str, *, evict_after: float = 2.0, **edge_kw: Any)
     async with AsyncExitStack() as stack, anyio.create_task_group() as tg:
         fed = Federation(nats_url, tg, stack)
         stop = anyio.Event()
-        await tg.start(lambda task_status: run_manager(nats_url, evict_after=evict_after, stop=stop, task_status=task_status))
+        await tg.start(
+            lambda task_status: run_manager(nats_url, evict_after=evict_after, stop=stop, task_status=task_status)
+        )
         async with edge_runtime(nats_url, **edge_kw) as edge, anyio.create_task_group() as edge_tg:
             fed.edge = edge
             sock = bind("127.0.0.1", 0)

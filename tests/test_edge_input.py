@@ -6,11 +6,10 @@ from typing import Any
 
 import httpx2
 import pytest
-from mcp import Client
-
 from conftest import demo_server, federation
 from fedmcp.shared import jsonrpc
 from fedmcp.shared.natsserver import NatsServer
+from mcp import Client
 
 pytestmark = pytest.mark.anyio
 
@@ -64,9 +63,11 @@ async def test_wrong_jsonrpc_shape(nats_server: NatsServer, headers: dict[str, s
 async def test_oversize_body(nats_server: NatsServer) -> None:
     async with federation(nats_server.url) as fed:
         await fed.add_server("demo", demo_server())
-        big = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"demo_echo","arguments":{"text":"' + (
-            b"x" * (2 * 1024 * 1024)
-        ) + b'"}}}'
+        big = (
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"demo_echo","arguments":{"text":"'
+            + (b"x" * (2 * 1024 * 1024))
+            + b'"}}}'
+        )
         async with httpx2.AsyncClient(timeout=10) as http:
             response = await http.post(fed.url, content=big, headers={**MODERN_HEADERS, "Mcp-Method": "tools/call"})
         assert response.status_code == 413

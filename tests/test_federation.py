@@ -8,12 +8,11 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
-from mcp import Client, StdioServerParameters
-from mcp.shared.exceptions import MCPError
-
 from conftest import demo_server, federation, python_server
 from fedmcp.shared import jsonrpc
 from fedmcp.shared.natsserver import NatsServer
+from mcp import Client, StdioServerParameters
+from mcp.shared.exceptions import MCPError
 
 pytestmark = pytest.mark.anyio
 

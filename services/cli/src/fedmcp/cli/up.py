@@ -68,8 +68,7 @@ async def run_up(config: Config, *, nats_url: str | None, ready_timeout: float =
                 with anyio.move_on_after(ready_timeout):
                     for adapter in adapters:
                         await adapter.ready.wait()
-                    while not set(config.servers) <= set(edge.view.table.servers):
-                        await anyio.sleep(0.05)
+                    await edge.view.wait_until(lambda table: set(config.servers) <= set(table.servers))
                 missing = sorted(set(config.servers) - set(edge.view.table.servers))
                 if missing:
                     log.warning("servers not ready yet; they join when they connect", servers=missing)

@@ -39,9 +39,15 @@ class CatalogView:
         self.loaded = anyio.Event()
         self._entries: dict[str, CatalogEntry] = {}
         self._listeners: list[Listener] = []
+        self._changed = anyio.Event()
 
     def on_change(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    async def wait_until(self, predicate: Callable[[RoutingTable], bool]) -> None:
+        """Until the routing table satisfies `predicate`; woken by each catalog change."""
+        while not predicate(self.table):
+            await self._changed.wait()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         watcher = await self.kv.watchall()
@@ -64,11 +70,13 @@ class CatalogView:
                     await self._rebuild()
         finally:
             with anyio.move_on_after(2, shield=True):
-                await watcher.stop()
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def _rebuild(self) -> None:
         old, new = self.table, routing.build(self._entries)
         self.table = new
+        self._changed.set()
+        self._changed = anyio.Event()
         kinds = changed_kinds(old, new)
         for conflict in new.conflicts:
             if conflict not in old.conflicts:

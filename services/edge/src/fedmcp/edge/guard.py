@@ -12,9 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from fedmcp.shared import jsonrpc
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _decoder = msgspec.json.Decoder()
 
@@ -27,7 +26,7 @@ def shape_error(message: Any) -> str | None:
         return "the body must be a JSON-RPC message object"
     if message.get("jsonrpc") != "2.0":
         return 'the "jsonrpc" member must be "2.0"'
-    if "id" in message and not isinstance(message["id"], str | int) or isinstance(message.get("id"), bool):
+    if ("id" in message and not isinstance(message["id"], str | int)) or isinstance(message.get("id"), bool):
         return 'the "id" member must be a string or an integer'
     if "method" in message:
         if not isinstance(message["method"], str):
@@ -86,7 +85,9 @@ class JsonRpcGuard:
             return
         problem = shape_error(parsed)
         if problem is not None:
-            await _send_json(send, 400, jsonrpc.encode_error(None, jsonrpc.INVALID_REQUEST, f"Invalid Request: {problem}"))
+            await _send_json(
+                send, 400, jsonrpc.encode_error(None, jsonrpc.INVALID_REQUEST, f"Invalid Request: {problem}")
+            )
             return
         replayed = False
 

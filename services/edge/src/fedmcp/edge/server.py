@@ -18,7 +18,7 @@ from fedmcp.edge.pagination import page
 from fedmcp.edge.upstream import Upstream
 from fedmcp.shared import jsonrpc
 from mcp.server import Server, ServerRequestContext
-from mcp.server.caching import CACHEABLE_METHODS, CacheHint
+from mcp.server.caching import CacheHint
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
@@ -27,6 +27,7 @@ from mcp.server.subscriptions import (
     ListenHandler,
     PromptsListChanged,
     ResourcesListChanged,
+    ServerEvent,
     ToolsListChanged,
 )
 from mcp.shared.exceptions import MCPError
@@ -38,6 +39,8 @@ RESERVED_META_PREFIX = "io.modelcontextprotocol/"
 """Envelope keys are minted per hop: the adapter's SDK client writes its own."""
 
 Params = dict[str, Any]
+
+NO_CACHE = CacheHint(ttl_ms=0, scope="private")
 
 
 def _version() -> str:
@@ -106,7 +109,13 @@ class FederatedServer:
             on_completion=self.complete,
             on_subscriptions_listen=ListenHandler(self.events),
             # Results without hints get the safe defaults: never cached, never shared.
-            cache_hints={m: CacheHint(ttl_ms=0, scope="private") for m in CACHEABLE_METHODS if m != "server/discover"},
+            cache_hints={
+                "tools/list": NO_CACHE,
+                "prompts/list": NO_CACHE,
+                "resources/list": NO_CACHE,
+                "resources/templates/list": NO_CACHE,
+                "resources/read": NO_CACHE,
+            },
         )
         view.on_change(self.notify_changed)
 
@@ -127,7 +136,11 @@ class FederatedServer:
             self._legacy_sessions.setdefault(id(session.client_params), session)
 
     async def notify_changed(self, kinds: frozenset[str]) -> None:
-        events = {"tools": ToolsListChanged(), "prompts": PromptsListChanged(), "resources": ResourcesListChanged()}
+        events: dict[str, ServerEvent] = {
+            "tools": ToolsListChanged(),
+            "prompts": PromptsListChanged(),
+            "resources": ResourcesListChanged(),
+        }
         for kind in sorted(kinds):
             await self.events.publish(events[kind])
         for key, session in list(self._legacy_sessions.items()):
@@ -145,30 +158,28 @@ class FederatedServer:
     def _cursor(self, params: types.PaginatedRequestParams | None) -> str | None:
         return params.cursor if params is not None else None
 
-    async def list_tools(
-        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
-    ) -> Params:
+    async def list_tools(self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None) -> Any:
         self._remember(ctx)
         items, nxt = page(self.view.table.tool_list, self._cursor(params), "tools")
         return _complete(ctx, {"tools": items, "nextCursor": nxt} if nxt else {"tools": items})
 
     async def list_prompts(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
-    ) -> Params:
+    ) -> Any:
         self._remember(ctx)
         items, nxt = page(self.view.table.prompt_list, self._cursor(params), "prompts")
         return _complete(ctx, {"prompts": items, "nextCursor": nxt} if nxt else {"prompts": items})
 
     async def list_resources(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
-    ) -> Params:
+    ) -> Any:
         self._remember(ctx)
         items, nxt = page(self.view.table.resource_list, self._cursor(params), "resources")
         return _complete(ctx, {"resources": items, "nextCursor": nxt} if nxt else {"resources": items})
 
     async def list_resource_templates(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
-    ) -> Params:
+    ) -> Any:
         self._remember(ctx)
         items, nxt = page(self.view.table.template_list, self._cursor(params), "templates")
         return _complete(ctx, {"resourceTemplates": items, "nextCursor": nxt} if nxt else {"resourceTemplates": items})

@@ -27,11 +27,15 @@ from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
-from pydantic import TypeAdapter, ValidationError
+from pydantic import RootModel, ValidationError
 
 log = structlog.get_logger("fedmcp.adapter.backend")
 
-_RAW_RESULT = TypeAdapter(dict[str, Any])
+
+class _RawResult(RootModel[dict[str, Any]]):
+    """A result kept as the plain JSON object the server sent."""
+
+
 _MAX_PAGES = 1000
 
 LIST_METHODS = {
@@ -166,15 +170,15 @@ class Backend:
 
     async def _listen_modern(self, client: Client) -> None:
         caps = client.server_capabilities
-        wants = {
-            "tools_list_changed": bool(caps.tools and caps.tools.list_changed),
-            "prompts_list_changed": bool(caps.prompts and caps.prompts.list_changed),
-            "resources_list_changed": bool(caps.resources and caps.resources.list_changed),
-        }
-        if not any(wants.values()):
+        tools = bool(caps.tools and caps.tools.list_changed)
+        prompts = bool(caps.prompts and caps.prompts.list_changed)
+        resources = bool(caps.resources and caps.resources.list_changed)
+        if not (tools or prompts or resources):
             return
         try:
-            async with client.listen(**wants) as sub:
+            async with client.listen(
+                tools_list_changed=tools, prompts_list_changed=prompts, resources_list_changed=resources
+            ) as sub:
                 async for _event in sub:
                     self._relist.set()
         except Exception as exc:  # the server may not serve listen after all; polling is not worth it
@@ -189,7 +193,8 @@ class Backend:
     @staticmethod
     async def _raw(client: Client, method: str, params: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
         request = types.Request[dict[str, Any] | None, str](method=method, params=params)
-        return await client.session.send_request(request, _RAW_RESULT, request_read_timeout_seconds=timeout)
+        result = await client.session.send_request(request, _RawResult, request_read_timeout_seconds=timeout)
+        return result.root
 
     async def request(
         self, method: str, params: dict[str, Any] | None, *, timeout: float, wait_ready: float

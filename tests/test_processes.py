@@ -1,0 +1,147 @@
+"""The services as separate OS processes joined only by NATS, and `fedmcp up` as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+from conftest import demo_server
+from fedmcp.shared import headers, jsonrpc
+from fedmcp.shared.natsserver import NatsServer, free_port
+from mcp import Client, StdioServerParameters
+
+pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).parent.parent
+
+
+class Proc:
+    def __init__(self, args: list[str], log: Path, cwd: Path | None = None) -> None:
+        self.log = log
+        with log.open("wb") as out:
+            self.p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+
+    def stop(self) -> int:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                return self.p.wait(20)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+        return self.p.wait()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()
+
+
+def fedmcp(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fedmcp.cli.main", *args]
+
+
+async def wait_for_tools(url: str, expected: set[str], mode: str = "auto", timeout: float = 30) -> None:
+    """Poll the edge until its catalog shows `expected` (the processes start independently)."""
+    with anyio.fail_after(timeout):
+        while True:
+            try:
+                async with Client(url, mode=mode) as client:  # type: ignore[arg-type]
+                    if expected <= {t.name for t in (await client.list_tools()).tools}:
+                        return
+            except Exception:  # the edge may not listen yet
+                pass
+            await anyio.sleep(0.2)
+
+
+async def test_three_separate_processes_both_eras_both_transports(
+    nats_server: NatsServer, procs: list[Proc], tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    server_json = msgspec.json.encode(demo_server()).decode()
+    procs.append(Proc(fedmcp("manager", "--nats-url", nats_server.url), tmp_path / "manager.log"))
+    procs.append(
+        Proc(
+            fedmcp("adapter", "--nats-url", nats_server.url, "--name", "demo", "--server-json", server_json),
+            tmp_path / "adapter.log",
+        )
+    )
+    procs.append(Proc(fedmcp("edge", "--nats-url", nats_server.url, "--port", str(port)), tmp_path / "edge.log"))
+    await wait_for_tools(url, {"demo_add"})
+    for mode in ("legacy", "2026-07-28"):
+        async with Client(url, mode=mode) as client:  # type: ignore[arg-type]
+            result = await client.call_tool("demo_add", {"a": 20, "b": 22})
+            assert result.structured_content == {"result": 42}
+    stdio = StdioServerParameters(
+        command=sys.executable, args=fedmcp("edge", "--stdio", "--nats-url", nats_server.url)[1:]
+    )
+    for mode in ("legacy", "2026-07-28"):
+        async with Client(stdio, mode=mode) as client:  # type: ignore[arg-type]
+            result = await client.call_tool("demo_echo", {"text": mode})
+            assert result.structured_content == {"result": mode}
+    # SIGTERM drains each service and exits cleanly.
+    assert [p.stop() for p in reversed(procs)] == [0, 0, 0]
+
+
+async def test_unknown_bus_protocol_version_gets_a_clear_error(
+    nats_server: NatsServer, procs: list[Proc], tmp_path: Path
+) -> None:
+    import nats
+
+    server_json = msgspec.json.encode(demo_server()).decode()
+    procs.append(
+        Proc(
+            fedmcp("adapter", "--nats-url", nats_server.url, "--name", "demo", "--server-json", server_json),
+            tmp_path / "adapter.log",
+        )
+    )
+    nc = await nats.connect(nats_server.url)
+    try:
+        request = jsonrpc.encode_request("tools/list", None, 1)
+        with anyio.fail_after(30):
+            while True:
+                try:
+                    reply = await nc.request("fedmcp.rpc.demo", request, timeout=2, headers={headers.BUS: "99"})
+                    break
+                except Exception:  # no responders until the adapter subscribed
+                    await anyio.sleep(0.1)
+        body = json.loads(reply.data)
+        assert body["error"]["code"] == jsonrpc.BUS_PROTOCOL_MISMATCH
+        assert "99" in body["error"]["message"]
+        # The adapter keeps serving requests in its own protocol version.
+        ok = await nc.request(
+            "fedmcp.rpc.demo", request, timeout=10, headers=headers.base({headers.DEADLINE: headers.deadline_in(10)})
+        )
+        assert ok.headers and ok.headers.get(headers.KIND) == headers.Kind.ACCEPT
+    finally:
+        await nc.close()
+
+
+async def test_fedmcp_up_serves_the_example_config_within_10s(procs: list[Proc], tmp_path: Path) -> None:
+    port = free_port()
+    config = (ROOT / "fedmcp.toml").read_text().replace("port = 8765", f"port = {port}")
+    (tmp_path / "fedmcp.toml").write_text(f'data_dir = "{tmp_path / "data"}"\n' + config)
+    started = anyio.current_time()
+    proc = Proc(fedmcp("up", "--config", str(tmp_path / "fedmcp.toml")), tmp_path / "up.log", cwd=tmp_path)
+    procs.append(proc)
+    url = f"http://127.0.0.1:{port}/mcp"
+    await wait_for_tools(url, {"time_get_current_time", "demo_add"}, timeout=10)
+    async with Client(url) as client:
+        result = await client.call_tool("time_get_current_time", {"timezone": "Europe/Paris"})
+        assert not result.is_error
+        assert "Europe/Paris" in json.dumps(result.structured_content)
+    assert anyio.current_time() - started < 10
+    log = (tmp_path / "up.log").read_text()
+    assert re.search(r"fedmcp is up: MCP endpoint http://127\.0\.0\.1:\d+/mcp", log)
+    assert proc.stop() == 0
+    assert "fedmcp stopped" in (tmp_path / "up.log").read_text()
