@@ -77,7 +77,9 @@ class Federation:
 
 
 @asynccontextmanager
-async def federation(nats_url: str, *, evict_after: float = 2.0, **edge_kw: Any) -> AsyncIterator[Federation]:
+async def federation(
+    nats_url: str, *, evict_after: float = 2.0, manager: bool = True, **edge_kw: Any
+) -> AsyncIterator[Federation]:
     async with AsyncExitStack() as stack, anyio.create_task_group() as tg:
         fed = Federation(nats_url, tg, stack)
         stop = anyio.Event()

@@ -137,32 +137,32 @@ async def test_server_joining_and_leaving_notifies_modern_listener(nats_server: 
 
 async def test_backing_server_crash_and_restart(nats_server: NatsServer) -> None:
     async with federation(nats_server.url) as fed:
-        adapter = await fed.add_server("crashy", python_server("crashy.py"))
+        adapter = await fed.add_server("probe", python_server("probe_server.py"))
         async with Client(fed.url) as client:
-            first_pid = (await client.call_tool("crashy_pid", {})).structured_content
+            first_pid = (await client.call_tool("probe_pid", {})).structured_content
             with anyio.fail_after(10), pytest.raises(MCPError) as err:
-                await client.call_tool("crashy_crash", {})
+                await client.call_tool("probe_crash", {})
             assert err.value.error.code == jsonrpc.UPSTREAM_UNAVAILABLE
-            assert "crashy" in err.value.error.message
+            assert "probe" in err.value.error.message
             with anyio.fail_after(15):
                 await adapter.backend.wait_ready()
-            second_pid = (await client.call_tool("crashy_pid", {})).structured_content
+            second_pid = (await client.call_tool("probe_pid", {})).structured_content
             assert second_pid != first_pid
             assert adapter.backend.restarts >= 1
 
 
 async def test_requests_while_backing_server_is_down_fail_fast(nats_server: NatsServer) -> None:
     async with federation(nats_server.url) as fed:
-        broken = python_server("crashy.py")
-        adapter = await fed.add_server("crashy", broken)
+        broken = python_server("probe_server.py")
+        adapter = await fed.add_server("probe", broken)
         adapter.restart_wait = 0.5
         adapter.backend.config = python_server("does_not_exist.py")  # every restart now fails
         async with Client(fed.url) as client:
             with pytest.raises(MCPError):
-                await client.call_tool("crashy_crash", {})
+                await client.call_tool("probe_crash", {})
             start = anyio.current_time()
             with anyio.fail_after(10), pytest.raises(MCPError) as err:
-                await client.call_tool("crashy_pid", {})
+                await client.call_tool("probe_pid", {})
             assert err.value.error.code == jsonrpc.UPSTREAM_UNAVAILABLE
             assert anyio.current_time() - start < 5
 

@@ -33,6 +33,7 @@ class Registry:
     catalogs: dict[str, CatalogEntry] = field(default_factory=dict)
     _seen: dict[tuple[str, str], float] = field(default_factory=dict)
     _conflicts: list[str] = field(default_factory=list)
+    _loaded_at: float = field(default_factory=time.monotonic)
 
     @staticmethod
     def _key(instance: Instance) -> str:
@@ -40,7 +41,7 @@ class Registry:
 
     async def load(self) -> None:
         """Pick up where a previous manager left off; every loaded instance gets a fresh grace period."""
-        now = time.monotonic()
+        now = self._loaded_at = time.monotonic()
         for key in await _keys(self.catalogs_kv):
             entry = await self.catalogs_kv.get(key)
             if entry.value:
@@ -122,18 +123,26 @@ class Registry:
         log.info("instance left", server=server, instance=instance, reason=reason)
         await self._routes_changed(server)
         if not self._instance_ids(server) and server in self.catalogs:
-            # The last instance is gone: the server leaves the federation's catalog.
-            del self.catalogs[server]
-            await self.catalogs_kv.delete(server)
-            await self.nc.publish(self.subjects.catalog_changed(server), b"", headers=headers.base())
-            log.info("server left the federation", server=server)
-            self._report_conflicts()
+            await self._drop_catalog(server)
+
+    async def _drop_catalog(self, server: str) -> None:
+        """The last instance is gone: the server leaves the federation's catalog."""
+        del self.catalogs[server]
+        await self.catalogs_kv.delete(server)
+        await self.nc.publish(self.subjects.catalog_changed(server), b"", headers=headers.base())
+        log.info("server left the federation", server=server)
+        self._report_conflicts()
 
     async def evict_silent(self) -> None:
         cutoff = time.monotonic() - self.evict_after
         for (server, instance), seen in list(self._seen.items()):
             if seen < cutoff:
                 await self._remove(server, instance, reason="missed heartbeats")
+        # A catalog loaded from KV whose instances never came back (they died while
+        # no manager was running) leaves once its grace period has passed.
+        if time.monotonic() - self._loaded_at > self.evict_after:
+            for server in [s for s in self.catalogs if not self._instance_ids(s)]:
+                await self._drop_catalog(server)
 
     def _report_conflicts(self) -> None:
         conflicts = routing.build(self.catalogs).conflicts

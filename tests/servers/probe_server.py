@@ -1,0 +1,53 @@
+"""An MCP server for probing the adapter: crashes, slow calls, environment and HTTP headers.
+
+Run with no arguments for stdio, or `http PORT` for Streamable HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+
+mcp = MCPServer("probe", version="1.0.0")
+
+
+@mcp.tool()
+def crash() -> str:
+    """Exit the process at once, as a crash would."""
+    os._exit(3)
+
+
+@mcp.tool()
+def pid() -> int:
+    """The server's process id (changes when it was restarted)."""
+    return os.getpid()
+
+
+@mcp.tool()
+async def sleep(seconds: float) -> str:
+    """Answer after a while."""
+    await anyio.sleep(seconds)
+    return f"slept {seconds}"
+
+
+@mcp.tool()
+def env(name: str) -> str:
+    """An environment variable of the server process ('' when unset)."""
+    return os.environ.get(name, "")
+
+
+@mcp.tool()
+def header(name: str, ctx: Context) -> str:
+    """An HTTP request header the server received ('' when unset or not HTTP)."""
+    headers = ctx.headers or {}
+    return str(headers.get(name.lower(), ""))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "http":
+        mcp.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+    else:
+        mcp.run()

@@ -1,0 +1,113 @@
+"""The adapter's contract with its backing server: environment, HTTP headers, drain, eviction."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import anyio
+import pytest
+from conftest import SERVERS, federation, python_server
+from fedmcp.shared.config import BackingServer
+from fedmcp.shared.natsserver import NatsServer, free_port
+from mcp import Client
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def http_probe() -> Iterator[str]:
+    """probe_server.py over Streamable HTTP on a free loopback port."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(SERVERS / "probe_server.py"), "http", str(port)])
+    try:
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_configured_env_reaches_stdio_server_but_not_the_rest(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEDMCP_SECRET_OF_ADAPTER", "must-not-leak")
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("probe", python_server("probe_server.py", env={"PROBE_COLOUR": "teal"}))
+        async with Client(fed.url) as client:
+            assert (await client.call_tool("probe_env", {"name": "PROBE_COLOUR"})).structured_content == {
+                "result": "teal"
+            }
+            leaked = await client.call_tool("probe_env", {"name": "FEDMCP_SECRET_OF_ADAPTER"})
+            assert leaked.structured_content == {"result": ""}
+            # PATH comes from the SDK's safe default environment.
+            path = await client.call_tool("probe_env", {"name": "PATH"})
+            assert path.structured_content and path.structured_content["result"]
+
+
+async def test_http_backing_server_with_configured_headers(nats_server: NatsServer, http_probe: str) -> None:
+    async with federation(nats_server.url) as fed:
+        server = BackingServer(url=http_probe, headers={"X-Probe-Token": "abc123"})
+        with anyio.fail_after(30):
+            while True:  # the HTTP server process may still be starting
+                adapter = await fed.add_server("remote", server, wait=False)
+                with anyio.move_on_after(5):
+                    await adapter.backend.wait_ready()
+                if adapter.backend.catalog is not None:
+                    break
+        await fed.wait_for_server("remote", present=True)
+        for mode in ("legacy", "2026-07-28"):
+            async with Client(fed.url, mode=mode) as client:  # type: ignore[arg-type]
+                result = await client.call_tool("remote_header", {"name": "X-Probe-Token"})
+                assert result.structured_content == {"result": "abc123"}
+        assert fed.edge is not None
+        assert fed.edge.view.table.servers["remote"].catalog.protocol_version == "2026-07-28"
+
+
+async def test_drain_answers_in_flight_calls_before_closing_the_pipe(nats_server: NatsServer) -> None:
+    async with federation(nats_server.url) as fed:
+        adapter = await fed.add_server("probe", python_server("probe_server.py"))
+        async with Client(fed.url) as client, anyio.create_task_group() as tg:
+            results: list[object] = []
+
+            async def slow_call() -> None:
+                results.append((await client.call_tool("probe_sleep", {"seconds": 1.0})).structured_content)
+
+            tg.start_soon(slow_call)
+            with anyio.fail_after(5):
+                while adapter._inflight == 0:
+                    await anyio.sleep(0.01)
+            adapter.stop()
+        assert results == [{"result": "slept 1.0"}]
+        await fed.wait_for_server("probe", present=False)
+
+
+async def test_silent_adapter_is_evicted_and_clients_see_the_change(nats_server: NatsServer) -> None:
+    async with federation(nats_server.url, evict_after=1.5) as fed:
+        await fed.add_server("probe", python_server("probe_server.py"))
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fedmcp.adapter.main",
+                "--nats-url",
+                nats_server.url,
+                "--name",
+                "doomed",
+                "--heartbeat",
+                "0.5",
+                "--server-json",
+                f'{{"command": "{sys.executable}", "args": ["-m", "fedmcp.demo_server.server"]}}',
+            ]
+        )
+        try:
+            await fed.wait_for_server("doomed", present=True)
+            proc.kill()  # no goodbye: only missed heartbeats tell
+            proc.wait()
+            await fed.wait_for_server("doomed", present=False, timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        async with Client(fed.url) as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert "doomed_add" not in names and "probe_pid" in names
