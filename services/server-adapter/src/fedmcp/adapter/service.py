@@ -87,6 +87,8 @@ class Adapter:
         self._tg: TaskGroup | None = None
         self._ready = anyio.Event()
         self._stop = anyio.Event()
+        self.took_work = anyio.Event()
+        """Set once the first request arrived (lets tests and drains observe in-flight work)."""
 
     @property
     def ready(self) -> anyio.Event:
@@ -126,6 +128,7 @@ class Adapter:
         # to the task group so slow tool calls do not queue behind each other.
         assert self._tg is not None
         self._inflight += 1
+        self.took_work.set()
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         self._tg.start_soon(self._serve, msg)
 
