@@ -75,8 +75,7 @@ async def test_drain_answers_in_flight_calls_before_closing_the_pipe(nats_server
 
             tg.start_soon(slow_call)
             with anyio.fail_after(5):
-                while adapter._inflight == 0:
-                    await anyio.sleep(0.01)
+                await adapter.took_work.wait()
             adapter.stop()
         assert results == [{"result": "slept 1.0"}]
         await fed.wait_for_server("probe", present=False)
@@ -85,7 +84,7 @@ async def test_drain_answers_in_flight_calls_before_closing_the_pipe(nats_server
 async def test_silent_adapter_is_evicted_and_clients_see_the_change(nats_server: NatsServer) -> None:
     async with federation(nats_server.url, evict_after=1.5) as fed:
         await fed.add_server("probe", python_server("probe_server.py"))
-        proc = subprocess.Popen(
+        proc = await anyio.open_process(
             [
                 sys.executable,
                 "-m",
@@ -99,15 +98,18 @@ async def test_silent_adapter_is_evicted_and_clients_see_the_change(nats_server:
                 "--server-json",
                 f'{{"command": "{sys.executable}", "args": ["-m", "fedmcp.demo_server.server"]}}',
             ]
+            stdout=None,
+            stderr=None,
         )
         try:
             await fed.wait_for_server("doomed", present=True)
             proc.kill()  # no goodbye: only missed heartbeats tell
-            proc.wait()
+            await proc.wait()
             await fed.wait_for_server("doomed", present=False, timeout=10)
         finally:
-            if proc.poll() is None:
+            if proc.returncode is None:
                 proc.kill()
+                await proc.wait()
         async with Client(fed.url) as client:
             names = {t.name for t in (await client.list_tools()).tools}
             assert "doomed_add" not in names and "probe_pid" in names
