@@ -97,7 +97,7 @@ async def test_silent_adapter_is_evicted_and_clients_see_the_change(nats_server:
                 "0.5",
                 "--server-json",
                 f'{{"command": "{sys.executable}", "args": ["-m", "fedmcp.demo_server.server"]}}',
-            ]
+            ],
             stdout=None,
             stderr=None,
         )
