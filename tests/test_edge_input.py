@@ -73,3 +73,32 @@ async def test_oversize_body(nats_server: NatsServer) -> None:
         assert response.status_code == 413
         assert error_code(response) == jsonrpc.INVALID_REQUEST
         await assert_still_serving(fed.url)
+
+
+async def test_modern_header_body_mismatch_is_400_32020(nats_server: NatsServer) -> None:
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("demo", demo_server())
+        body = {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "method": "tools/call",
+            "params": {
+                "name": "demo_echo",
+                "arguments": {"text": "x"},
+                "_meta": {
+                    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                    "io.modelcontextprotocol/clientCapabilities": {},
+                },
+            },
+        }
+        async with httpx2.AsyncClient(timeout=10) as http:
+            response = await http.post(
+                fed.url, json=body, headers={**MODERN_HEADERS, "Mcp-Method": "tools/call", "Mcp-Name": "demo_add"}
+            )
+            assert response.status_code == 400
+            assert error_code(response) == -32020
+            good = await http.post(
+                fed.url, json=body, headers={**MODERN_HEADERS, "Mcp-Method": "tools/call", "Mcp-Name": "demo_echo"}
+            )
+            assert good.status_code == 200
+            assert good.json()["result"]["structuredContent"] == {"result": "x"}

@@ -192,3 +192,20 @@ async def test_stdio_edge_in_each_era(nats_server: NatsServer) -> None:
             async with Client(params, mode=mode) as client:  # type: ignore[arg-type]
                 assert {t.name for t in (await client.list_tools()).tools} == {"demo_add", "demo_echo"}
                 assert text_of(await client.call_tool("demo_add", {"a": 1, "b": 2})) == "3"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_completion_routes_by_prompt_and_template(nats_server: NatsServer, mode: str) -> None:
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("demo", demo_server())
+        async with Client(fed.url, mode=mode) as client:  # type: ignore[arg-type]
+            by_prompt = await client.complete(
+                types.PromptReference(type="ref/prompt", name="demo_summarize"),
+                {"name": "topic", "value": "n"},
+            )
+            assert by_prompt.completion.values == ["nats"]
+            by_template = await client.complete(
+                types.ResourceTemplateReference(type="ref/resource", uri="notes://{name}"),
+                {"name": "name", "value": "w"},
+            )
+            assert by_template.completion.values == ["welcome"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+import mcp_types as types
 from mcp.server.mcpserver import MCPServer
 
 mcp = MCPServer("fedmcp-demo", version="0.1.0", instructions="Demo tools for trying fedmcp.")
@@ -42,6 +43,20 @@ def note(name: str) -> str:
 def summarize(topic: str) -> str:
     """Ask for a summary of a topic."""
     return f"Please summarize {topic} in three sentences."
+
+
+@mcp.completion()
+async def complete(
+    ref: types.PromptReference | types.ResourceTemplateReference,
+    argument: types.CompletionArgument,
+    context: types.CompletionContext | None,
+) -> types.Completion | None:
+    """Note names for `notes://{name}`, topics for `summarize`."""
+    if isinstance(ref, types.ResourceTemplateReference):
+        pool = sorted(NOTES)
+    else:
+        pool = ["federation", "model context protocol", "nats"]
+    return types.Completion(values=[v for v in pool if v.startswith(argument.value)])
 
 
 def main() -> None:
