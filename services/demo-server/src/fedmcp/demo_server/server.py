@@ -45,7 +45,7 @@ def summarize(topic: str) -> str:
     return f"Please summarize {topic} in three sentences."
 
 
-@mcp.completion()
+@mcp.completion()  # type: ignore[untyped-decorator,no-untyped-call]  # the SDK leaves it untyped
 async def complete(
     ref: types.PromptReference | types.ResourceTemplateReference,
     argument: types.CompletionArgument,
