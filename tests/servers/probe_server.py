@@ -46,6 +46,24 @@ def header(name: str, ctx: Context) -> str:
     return str(headers.get(name.lower(), ""))
 
 
+@mcp.tool()
+async def count(steps: int, ctx: Context) -> str:
+    """Report progress once per step."""
+    for i in range(1, steps + 1):
+        await ctx.report_progress(i, steps, f"step {i}")
+    return f"counted {steps}"
+
+
+@mcp.tool()
+async def chatty(ctx: Context) -> str:
+    """Send one log message per level from debug to error."""
+    await ctx.debug("a debug line")
+    await ctx.info("an info line")
+    await ctx.warning("a warning line")
+    await ctx.error("an error line")
+    return "logged"
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "http":
         mcp.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))

@@ -19,6 +19,8 @@ FRONT_VERSION = "Fedmcp-Front-Version"
 """MCP protocol version the client speaks at the edge."""
 SESSION = "Fedmcp-Session"
 """Edge session id of the client, when it has one."""
+LOG_LEVEL = "Fedmcp-Log-Level"
+"""Lowest log level the client wants for this request; absent = no log messages."""
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 

@@ -78,5 +78,19 @@ def encode_result(request_id: RequestId | None, result: Any) -> bytes:
     return _encoder.encode({"jsonrpc": "2.0", "id": request_id, "result": result})
 
 
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+
+
+def level_allows(wanted: str | None, level: str) -> bool:
+    """Whether a message at `level` is deliverable to a request that asked for `wanted` and above."""
+    if wanted not in LOG_LEVELS or level not in LOG_LEVELS:
+        return False
+    return LOG_LEVELS.index(level) >= LOG_LEVELS.index(wanted)
+
+
+def encode_notification(method: str, params: dict[str, Any]) -> bytes:
+    return _encoder.encode({"jsonrpc": "2.0", "method": method, "params": params})
+
+
 def encode_error(request_id: RequestId | None, code: int, message: str, data: Any = None) -> bytes:
     return _encoder.encode(Response(id=request_id, error=ErrorBody(code=code, message=message, data=data)))

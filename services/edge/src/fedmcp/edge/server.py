@@ -36,6 +36,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 log = structlog.get_logger("fedmcp.edge")
 
 RESERVED_META_PREFIX = "io.modelcontextprotocol/"
+LOG_LEVEL_META_KEY = "io.modelcontextprotocol/logLevel"
 """Envelope keys are minted per hop: the adapter's SDK client writes its own."""
 
 Params = dict[str, Any]
@@ -94,6 +95,7 @@ class FederatedServer:
         self.upstream = upstream
         self.events = InMemorySubscriptionBus()
         self._legacy_sessions: dict[int, ServerSession] = {}
+        self._log_levels: dict[int, str] = {}
         self.server: Server[Any] = Server(
             name,
             version=_version(),
@@ -107,6 +109,7 @@ class FederatedServer:
             on_list_prompts=self.list_prompts,
             on_get_prompt=self.get_prompt,
             on_completion=self.complete,
+            on_set_logging_level=self.set_logging_level,
             on_subscriptions_listen=ListenHandler(self.events),
             # Results without hints get the safe defaults: never cached, never shared.
             cache_hints={
@@ -185,8 +188,41 @@ class FederatedServer:
         return _complete(ctx, {"resourceTemplates": items, "nextCursor": nxt} if nxt else {"resourceTemplates": items})
 
     # -- routed requests: over the bus ----------------------------------------
+    def _log_level(self, ctx: ServerRequestContext[Any, Any]) -> str | None:
+        """2026-07-28: the request's own opt-in. Handshake era: the session's `logging/setLevel`."""
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            meta = (ctx.params or {}).get("_meta")
+            level = meta.get(LOG_LEVEL_META_KEY) if isinstance(meta, dict) else None
+            return level if isinstance(level, str) else None
+        params = ctx.session.client_params
+        return self._log_levels.get(id(params), "debug") if params is not None else "debug"
+
+    async def set_logging_level(self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> Any:
+        self._remember(ctx)
+        if ctx.session.client_params is not None:
+            self._log_levels[id(ctx.session.client_params)] = params.level
+        return {}
+
     async def _forward(self, ctx: ServerRequestContext[Any, Any], server: str, method: str, params: Params) -> Any:
-        result = await self.upstream.request(server, method, params, front_version=ctx.protocol_version)
+        session = ctx.session
+
+        async def on_notify(note_method: str, note: dict[str, Any]) -> None:
+            # Request-scoped: only ever to the client whose request produced it.
+            if note_method == "notifications/progress":
+                await session.report_progress(note.get("progress", 0), note.get("total"), note.get("message"))
+            elif note_method == "notifications/message":
+                await session.send_log_message(
+                    note.get("level", "info"), note.get("data"), note.get("logger"), related_request_id=ctx.request_id
+                )
+
+        result = await self.upstream.request(
+            server,
+            method,
+            params,
+            front_version=ctx.protocol_version,
+            log_level=self._log_level(ctx),
+            on_notify=on_notify,
+        )
         return _complete(ctx, _strip_reserved_meta(result))
 
     async def call_tool(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:

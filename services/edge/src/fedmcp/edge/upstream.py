@@ -8,6 +8,7 @@ notifications, then the result) without a subscription per call.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,18 @@ from nats.aio.msg import Msg
 log = structlog.get_logger("fedmcp.edge.upstream")
 
 _NO_RESPONDERS = "503"
+
+
+Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
+"""Receives a request-scoped notification (method, params) streamed back by the adapter."""
+
+
+class _Notification(msgspec.Struct):
+    method: str
+    params: dict[str, Any] = {}
+
+
+_notification_decoder = msgspec.json.Decoder(_Notification)
 
 
 @dataclass
@@ -86,6 +99,8 @@ class Upstream:
         *,
         front_version: str,
         timeout: float | None = None,
+        log_level: str | None = None,
+        on_notify: Notify | None = None,
     ) -> Any:
         """Send one request to `server` and return the decoded `result`; raise MCPError otherwise."""
         timeout = self.request_timeout if timeout is None else timeout
@@ -95,16 +110,18 @@ class Upstream:
         try:
             payload = jsonrpc.encode_request(method, params, int(token))
             hdrs = headers.base({headers.DEADLINE: headers.deadline_in(timeout), headers.FRONT_VERSION: front_version})
+            if log_level is not None and on_notify is not None:
+                hdrs[headers.LOG_LEVEL] = log_level
             await self.nc.publish(
                 self.subjects.rpc(server), payload, reply=self.subjects.reply(self.edge_id, token), headers=hdrs
             )
-            return await self._await_result(server, call, timeout)
+            return await self._await_result(server, call, timeout, on_notify)
         finally:
             del self._calls[token]
             send.close()
             receive.close()
 
-    async def _await_result(self, server: str, call: _Call, timeout: float) -> Any:
+    async def _await_result(self, server: str, call: _Call, timeout: float, on_notify: Notify | None) -> Any:
         deadline = anyio.current_time() + timeout
         accepted = False
         while True:
@@ -130,6 +147,13 @@ class Upstream:
                 continue
             if frame.kind == headers.Kind.RESULT:
                 return _result_of(frame.data)
+            if frame.kind == headers.Kind.NOTIFY and on_notify is not None:
+                try:
+                    note = _notification_decoder.decode(frame.data)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    log.warning("unreadable notification frame dropped", server=server)
+                    continue
+                await on_notify(note.method, note.params)
 
 
 def _result_of(data: bytes) -> Any:

@@ -25,6 +25,7 @@ from fedmcp.shared.envelopes import Catalog
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import RootModel, ValidationError
@@ -44,6 +45,11 @@ LIST_METHODS = {
     "resources/templates/list": "resourceTemplates",
     "prompts/list": "prompts",
 }
+
+
+Sink = Callable[[str, dict[str, Any]], Awaitable[None]]
+"""Receives a request-scoped notification (method, params) for the front client."""
+LOG_LEVEL_META_KEY = "io.modelcontextprotocol/logLevel"
 
 
 class BackendUnavailable(Exception):
@@ -76,6 +82,8 @@ class Backend:
         self.restarts = 0
         self.state = "starting"
         self.catalog: Catalog | None = None
+        self._log_sinks: dict[int, tuple[str, Sink]] = {}
+        self._sink_ids = 0
 
     async def wait_ready(self) -> None:
         """Until the backing server is connected and its catalog read."""
@@ -105,6 +113,15 @@ class Backend:
         ):
             self._relist.set()
 
+    async def _on_log(self, params: types.LoggingMessageNotificationParams) -> None:
+        """Log messages carry no request id on the wire: deliver only when exactly one
+        in-flight request asked for them, so no client ever sees another's logs."""
+        if len(self._log_sinks) != 1:
+            return
+        ((wanted, sink),) = self._log_sinks.values()
+        if jsonrpc.level_allows(wanted, params.level):
+            await sink("notifications/message", params.model_dump(mode="json", by_alias=True, exclude_none=True))
+
     async def run(self) -> None:
         """Supervise the connection until cancelled."""
         backoff = self._backoff_initial
@@ -130,11 +147,18 @@ class Backend:
         # while the client's own task group is still open.)
         with anyio.CancelScope(deadline=anyio.current_time() + self._connect_timeout) as scope:
             async with AsyncExitStack() as stack:
-                client = Client(self._target(stack), mode="auto", cache=None, message_handler=self._on_message)
+                client = Client(
+                    self._target(stack),
+                    mode="auto",
+                    cache=None,
+                    message_handler=self._on_message,
+                    logging_callback=self._on_log,
+                )
                 await stack.enter_async_context(client)
                 self._lost = anyio.Event()
                 self._client = client
                 await self._publish_catalog(client)
+                await self._open_log_gate(client)
                 scope.deadline = math.inf
                 self.state = "ready"
                 self._ready.set()
@@ -148,6 +172,15 @@ class Backend:
                     tg.cancel_scope.cancel()
         if scope.cancelled_caught:
             raise TimeoutError(f"no handshake with the backing server within {self._connect_timeout}s")
+
+    async def _open_log_gate(self, client: Client) -> None:
+        """Handshake-era servers log per session: take everything, filter per request here."""
+        caps = client.server_capabilities
+        if caps.logging is not None and client.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS:
+            try:
+                await self._raw(client, "logging/setLevel", {"level": "debug"}, timeout=10)
+            except MCPError as exc:
+                log.info("backing server refused logging/setLevel", server=self.name, error=exc.error.message)
 
     async def _probe(self, client: Client) -> None:
         """Notice a backing server that died while idle."""
@@ -191,13 +224,28 @@ class Backend:
 
     # -- requests -------------------------------------------------------------
     @staticmethod
-    async def _raw(client: Client, method: str, params: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+    async def _raw(
+        client: Client,
+        method: str,
+        params: dict[str, Any] | None,
+        timeout: float,
+        progress: ProgressFnT | None = None,
+    ) -> dict[str, Any]:
         request = types.Request[dict[str, Any] | None, str](method=method, params=params)
-        result = await client.session.send_request(request, _RawResult, request_read_timeout_seconds=timeout)
+        result = await client.session.send_request(
+            request, _RawResult, request_read_timeout_seconds=timeout, progress_callback=progress
+        )
         return result.root
 
     async def request(
-        self, method: str, params: dict[str, Any] | None, *, timeout: float, wait_ready: float
+        self,
+        method: str,
+        params: dict[str, Any] | None,
+        *,
+        timeout: float,
+        wait_ready: float,
+        sink: Sink | None = None,
+        log_level: str | None = None,
     ) -> dict[str, Any]:
         """Send one request to the backing server and return its raw result.
 
@@ -211,8 +259,17 @@ class Backend:
             client = self._client
             if client is None:
                 raise BackendUnavailable(self.state)
+        params, progress = self._take_progress(params, sink)
+        sink_id = 0
+        if sink is not None and log_level is not None:
+            if client.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS:
+                params = {**(params or {})}
+                params["_meta"] = {**params.get("_meta", {}), LOG_LEVEL_META_KEY: log_level}
+            self._sink_ids += 1
+            sink_id = self._sink_ids
+            self._log_sinks[sink_id] = (log_level, sink)
         try:
-            return await self._raw(client, method, params, timeout)
+            return await self._raw(client, method, params, timeout, progress)
         except MCPError as exc:
             if exc.error.code == jsonrpc.CONNECTION_CLOSED_SDK:
                 self._lost.set()
@@ -223,6 +280,35 @@ class Backend:
             raise MCPError(
                 code=jsonrpc.INTERNAL_ERROR, message=f"server {self.name!r} returned an invalid {method} result"
             ) from exc
+        finally:
+            self._log_sinks.pop(sink_id, None)
+
+    @staticmethod
+    def _take_progress(
+        params: dict[str, Any] | None, sink: Sink | None
+    ) -> tuple[dict[str, Any] | None, ProgressFnT | None]:
+        """Swap the front's progress token for one of this hop: the SDK mints its own
+        token for the backing request, and its progress goes back up the reply stream."""
+        meta = params.get("_meta") if params else None
+        if not isinstance(meta, dict) or "progressToken" not in meta:
+            return params, None
+        assert params is not None
+        rest = {k: v for k, v in meta.items() if k != "progressToken"}
+        params = {k: v for k, v in params.items() if k != "_meta"}
+        if rest:
+            params["_meta"] = rest
+        if sink is None:
+            return params, None
+
+        async def forward_progress(progress: float, total: float | None, message: str | None) -> None:
+            note: dict[str, Any] = {"progress": progress}
+            if total is not None:
+                note["total"] = total
+            if message is not None:
+                note["message"] = message
+            await sink("notifications/progress", note)
+
+        return params, forward_progress
 
 
 async def read_catalog(name: str, client: Client) -> Catalog:

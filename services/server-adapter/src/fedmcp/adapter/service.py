@@ -177,14 +177,23 @@ class Adapter:
         if request.method not in SERVED_METHODS:
             body = jsonrpc.encode_error(rid, jsonrpc.METHOD_NOT_FOUND, f"method {request.method!r} is not served")
         else:
-            body = await self._forward(request, left)
+            body = await self._forward(request, left, msg)
         await self._reply(msg, headers.Kind.RESULT, body)
 
-    async def _forward(self, request: jsonrpc.Request, left: float) -> bytes:
+    async def _forward(self, request: jsonrpc.Request, left: float, msg: Msg) -> bytes:
         rid = request.id
+
+        async def sink(method: str, params: dict[str, Any]) -> None:
+            await self._reply(msg, headers.Kind.NOTIFY, jsonrpc.encode_notification(method, params))
+
         try:
             result: dict[str, Any] = await self.backend.request(
-                request.method, request.params, timeout=left, wait_ready=min(left, self.restart_wait)
+                request.method,
+                request.params,
+                timeout=left,
+                wait_ready=min(left, self.restart_wait),
+                sink=sink,
+                log_level=(msg.headers or {}).get(headers.LOG_LEVEL),
             )
         except BackendUnavailable as exc:
             return jsonrpc.encode_error(
