@@ -43,10 +43,13 @@ async def test_progress_goes_only_to_the_client_that_asked(nats_server: NatsServ
         async def on_theirs(progress: float, total: float | None, message: str | None) -> None:
             theirs.append(progress)
 
-        async with Client(fed.url, mode=mode) as a, Client(fed.url, mode=mode) as b:  # type: ignore[arg-type]
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(lambda: a.call_tool("probe_count", {"steps": 5}, progress_callback=on_mine))
-                tg.start_soon(lambda: b.call_tool("probe_count", {"steps": 2}, progress_callback=on_theirs))
+        async with (
+            Client(fed.url, mode=mode) as a,  # type: ignore[arg-type]
+            Client(fed.url, mode=mode) as b,  # type: ignore[arg-type]
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(lambda: a.call_tool("probe_count", {"steps": 5}, progress_callback=on_mine))
+            tg.start_soon(lambda: b.call_tool("probe_count", {"steps": 2}, progress_callback=on_theirs))
         assert mine == [1, 2, 3, 4, 5]
         assert theirs == [1, 2]
 
