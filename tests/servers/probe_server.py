@@ -26,11 +26,24 @@ def pid() -> int:
     return os.getpid()
 
 
+CANCELLED: list[float] = []
+
+
 @mcp.tool()
 async def sleep(seconds: float) -> str:
-    """Answer after a while."""
-    await anyio.sleep(seconds)
+    """Answer after a while; a cancelled sleep is counted."""
+    try:
+        await anyio.sleep(seconds)
+    except anyio.get_cancelled_exc_class():
+        CANCELLED.append(seconds)
+        raise
     return f"slept {seconds}"
+
+
+@mcp.tool()
+def cancelled() -> list[float]:
+    """The sleeps that were cancelled so far."""
+    return CANCELLED
 
 
 @mcp.tool()

@@ -52,6 +52,10 @@ class Subjects:
         """Wildcard an edge subscribes to once for all its reply streams."""
         return f"{self.prefix}.reply.{edge}.*"
 
+    def cancel(self, server: str) -> str:
+        """Cancels sent by edges to every adapter of a server; the payload names the call's reply subject."""
+        return f"{self.prefix}.ctl.cancel.{server}"
+
     # -- control plane ----------------------------------------------------
     def announce(self, server: str, instance: str) -> str:
         """An adapter's full announcement (instance record and catalog)."""

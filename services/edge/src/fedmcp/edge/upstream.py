@@ -107,16 +107,25 @@ class Upstream:
         token = str(next(self._tokens))
         send, receive = anyio.create_memory_object_stream[Frame](32)
         self._calls[token] = call = _Call(send, receive)
+        reply = self.subjects.reply(self.edge_id, token)
+        finished = False
         try:
             payload = jsonrpc.encode_request(method, params, int(token))
             hdrs = headers.base({headers.DEADLINE: headers.deadline_in(timeout), headers.FRONT_VERSION: front_version})
             if log_level is not None and on_notify is not None:
                 hdrs[headers.LOG_LEVEL] = log_level
-            await self.nc.publish(
-                self.subjects.rpc(server), payload, reply=self.subjects.reply(self.edge_id, token), headers=hdrs
-            )
-            return await self._await_result(server, call, timeout, on_notify)
+            await self.nc.publish(self.subjects.rpc(server), payload, reply=reply, headers=hdrs)
+            result = await self._await_result(server, call, timeout, on_notify)
+            finished = True
+            return result
+        except MCPError:
+            finished = True
+            raise
         finally:
+            if not finished:
+                # The client went away or cancelled: tell whichever adapter holds the call.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    await self.nc.publish(self.subjects.cancel(server), reply.encode(), headers=headers.base())
             del self._calls[token]
             send.close()
             receive.close()

@@ -87,6 +87,8 @@ class Adapter:
         self._tg: TaskGroup | None = None
         self._ready = anyio.Event()
         self._stop = anyio.Event()
+        self._scopes: dict[str, anyio.CancelScope] = {}
+        """In-flight calls by reply subject, so an edge's cancel can reach them."""
         self.took_work = anyio.Event()
         """Set once the first request arrived (lets tests and drains observe in-flight work)."""
 
@@ -118,6 +120,13 @@ class Adapter:
                 self.subjects.heartbeat(self.name, self.instance.instance), body, headers=headers.base()
             )
 
+    async def _on_cancel(self, msg: Msg) -> None:
+        # Cancelling the scope cancels the SDK request, which tells the backing
+        # server (notifications/cancelled on stdio, closing the POST on HTTP).
+        scope = self._scopes.get(msg.data.decode(errors="replace"))
+        if scope is not None:
+            scope.cancel()
+
     async def _on_reannounce(self, msg: Msg) -> None:
         if self.backend.catalog is not None:
             await self._announce()
@@ -134,10 +143,17 @@ class Adapter:
 
     async def _serve(self, msg: Msg) -> None:
         try:
-            await self._serve_one(msg)
+            with anyio.CancelScope() as scope:
+                if msg.reply:
+                    self._scopes[msg.reply] = scope
+                await self._serve_one(msg)
+            if scope.cancelled_caught:
+                log.info("call cancelled by the client", server=self.name)
         except Exception:
             log.exception("request failed", server=self.name)
         finally:
+            if msg.reply:
+                self._scopes.pop(msg.reply, None)
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
@@ -220,6 +236,7 @@ class Adapter:
             async with anyio.create_task_group() as work:
                 self._tg = work
                 reannounce = await self.nc.subscribe(self.subjects.reannounce(self.name), cb=self._on_reannounce)
+                cancels = await self.nc.subscribe(self.subjects.cancel(self.name), cb=self._on_cancel)
                 requests = await self.nc.subscribe(
                     self.subjects.rpc(self.name), queue=self.subjects.rpc_queue(self.name), cb=self._on_request
                 )
@@ -229,7 +246,7 @@ class Adapter:
                 task_status.started()
                 await self._stop.wait()
                 with anyio.CancelScope(shield=True):
-                    await self._drain(requests, reannounce)
+                    await self._drain(requests, reannounce, cancels)
                 work.cancel_scope.cancel()
             background.cancel_scope.cancel()
 

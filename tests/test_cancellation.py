@@ -1,0 +1,45 @@
+"""A client's cancel crosses the bus and cancels the backing request; races end cleanly."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from conftest import federation, python_server
+from fedmcp.shared.natsserver import NatsServer
+from mcp import Client
+
+pytestmark = pytest.mark.anyio
+MODES = ["legacy", "2026-07-28"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_client_cancel_reaches_the_backing_server(nats_server: NatsServer, mode: str) -> None:
+    async with federation(nats_server.url) as fed:
+        adapter = await fed.add_server("probe", python_server("probe_server.py"))
+        async with Client(fed.url, mode=mode) as client:  # type: ignore[arg-type]
+            with anyio.move_on_after(10) as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(lambda: client.call_tool("probe_sleep", {"seconds": 30}))
+                    await adapter.took_work.wait()
+                    tg.cancel_scope.cancel()  # the client abandons the call
+            assert not scope.cancelled_caught
+            with anyio.fail_after(10):
+                while True:  # the cancel travels client -> edge -> NATS -> adapter -> server
+                    seen = (await client.call_tool("probe_cancelled", {})).structured_content
+                    if seen == {"result": [30.0]}:
+                        break
+                    await anyio.sleep(0.05)
+        assert adapter._scopes == {}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_answer_and_cancel_crossing_ends_cleanly(nats_server: NatsServer, mode: str) -> None:
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("probe", python_server("probe_server.py"))
+        async with Client(fed.url, mode=mode) as client:  # type: ignore[arg-type]
+            for delay in (0.0, 0.01, 0.02, 0.05):
+                with anyio.move_on_after(0.05):
+                    await client.call_tool("probe_sleep", {"seconds": delay})
+            # The session survived every race and still works.
+            result = await client.call_tool("probe_sleep", {"seconds": 0})
+            assert result.structured_content == {"result": "slept 0.0"}
