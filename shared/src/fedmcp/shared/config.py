@@ -22,6 +22,9 @@ class BackingServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     prefix: str | None = None
     """Tool and prompt name prefix; default the server name, "" for none."""
+    era: str = "auto"
+    """How the adapter negotiates: "auto" (server/discover, else initialize), "legacy"
+    (initialize only) or a 2026-07-28+ version to pin."""
     replicas: int = 1
     """Adapter processes `fedmcp up` starts for this server."""
 

@@ -25,9 +25,16 @@ TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 
 
+REPLY_TO = "Fedmcp-Reply-To"
+"""On an answer to a server-to-client request: where the rest of the call's frames go now
+(a client's retry may reach another edge than the one that asked)."""
+
+
 class Kind:
     ACCEPT = "accept"
     NOTIFY = "notify"
+    REQUEST = "request"
+    """A server-to-client request (sampling, elicitation, roots); answered on the frame's reply subject."""
     RESULT = "result"
 
 

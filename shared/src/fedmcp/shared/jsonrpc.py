@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from pydantic import RootModel
 
 # Spec-defined codes.
 PARSE_ERROR = -32700
@@ -55,6 +56,10 @@ class Response(msgspec.Struct, omit_defaults=True):
     result: Any = None
     error: ErrorBody | None = None
     jsonrpc: str = "2.0"
+
+
+class RawResult(RootModel[dict[str, Any]]):
+    """An MCP result kept as the plain JSON object the peer sent (for SDK APIs that want a model)."""
 
 
 _request_decoder = msgspec.json.Decoder(Request)

@@ -9,12 +9,14 @@ the bus to the owning server's adapters.
 from __future__ import annotations
 
 import importlib.metadata
+from functools import partial
 from typing import Any
 
 import mcp_types as types
 import structlog
 from fedmcp.edge.catalog import CatalogView
 from fedmcp.edge.pagination import page
+from fedmcp.edge.request_state import SEALED_PREFIX, InvalidState, Sealer
 from fedmcp.edge.upstream import Upstream
 from fedmcp.shared import jsonrpc
 from mcp.server import Server, ServerRequestContext
@@ -31,12 +33,20 @@ from mcp.server.subscriptions import (
     ToolsListChanged,
 )
 from mcp.shared.exceptions import MCPError
+from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import ValidationError
 
 log = structlog.get_logger("fedmcp.edge")
 
 RESERVED_META_PREFIX = "io.modelcontextprotocol/"
 LOG_LEVEL_META_KEY = "io.modelcontextprotocol/logLevel"
+INPUT_REQUIRED = "input_required"
+INPUT_KEY = "fedmcp"
+MAX_INPUT_ROUNDS = 10
+MISSING_CAPABILITY = -32021
+ANONYMOUS = "anonymous"
+"""The principal until the edge authenticates callers; sealed state is bound to it."""
 """Envelope keys are minted per hop: the adapter's SDK client writes its own."""
 
 Params = dict[str, Any]
@@ -83,6 +93,23 @@ def _complete(ctx: ServerRequestContext[Any, Any], result: Params) -> Params:
     return result
 
 
+def is_input_required(result: Any) -> bool:
+    return isinstance(result, dict) and result.get("resultType") == INPUT_REQUIRED
+
+
+def client_can(caps: types.ClientCapabilities | None, method: str) -> bool:
+    """Whether a client declared what `method` (a server-to-client request) needs."""
+    if caps is None:
+        return False
+    if method == "sampling/createMessage":
+        return caps.sampling is not None
+    if method == "elicitation/create":
+        return caps.elicitation is not None
+    if method == "roots/list":
+        return caps.roots is not None
+    return False
+
+
 def resource_not_found(ctx: ServerRequestContext[Any, Any], uri: str) -> MCPError:
     modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
     code = jsonrpc.INVALID_PARAMS if modern else jsonrpc.RESOURCE_NOT_FOUND_LEGACY
@@ -90,8 +117,11 @@ def resource_not_found(ctx: ServerRequestContext[Any, Any], uri: str) -> MCPErro
 
 
 class FederatedServer:
-    def __init__(self, view: CatalogView, upstream: Upstream, *, name: str = "fedmcp") -> None:
+    def __init__(
+        self, view: CatalogView, upstream: Upstream, *, name: str = "fedmcp", sealer: Sealer | None = None
+    ) -> None:
         self.view = view
+        self.sealer = sealer or Sealer()
         self.upstream = upstream
         self.events = InMemorySubscriptionBus()
         self._legacy_sessions: dict[int, ServerSession] = {}
@@ -205,6 +235,8 @@ class FederatedServer:
 
     async def _forward(self, ctx: ServerRequestContext[Any, Any], server: str, method: str, params: Params) -> Any:
         session = ctx.session
+        modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+        principal = ANONYMOUS
 
         async def on_notify(note_method: str, note: dict[str, Any]) -> None:
             # Request-scoped: only ever to the client whose request produced it.
@@ -215,15 +247,97 @@ class FederatedServer:
                     note.get("level", "info"), note.get("data"), note.get("logger"), related_request_id=ctx.request_id
                 )
 
-        result = await self.upstream.request(
+        async def on_request(
+            req_method: str, req_params: dict[str, Any], answer_to: str, req_id: jsonrpc.RequestId | None
+        ) -> Any:
+            """A handshake-era backing server asks the client something mid-call."""
+            if not modern:
+                try:
+                    answer = await self._ask_client(ctx, req_method, req_params)
+                except MCPError as exc:
+                    err = exc.error
+                    await self.upstream.answer(answer_to, jsonrpc.encode_error(req_id, err.code, err.message, err.data))
+                else:
+                    await self.upstream.answer(answer_to, jsonrpc.encode_result(req_id, answer))
+                return None
+            if not client_can(session.client_capabilities, req_method):
+                message = f"the client did not declare the capability for {req_method}"
+                await self.upstream.answer(answer_to, jsonrpc.encode_error(req_id, MISSING_CAPABILITY, message))
+                return None
+            # A 2026-07-28 client has no back channel: the question becomes an input_required
+            # result, and the client's retry (on any edge) carries the answer back to this call.
+            state = self.sealer.new(server=server, principal=principal, answer_to=answer_to, key=INPUT_KEY)
+            return {
+                "resultType": INPUT_REQUIRED,
+                "inputRequests": {INPUT_KEY: {"method": req_method, "params": req_params}},
+                "requestState": state,
+            }
+
+        call = partial(
+            self.upstream.request,
             server,
             method,
-            params,
             front_version=ctx.protocol_version,
             log_level=self._log_level(ctx),
             on_notify=on_notify,
+            on_request=on_request,
         )
+        token = params.get("requestState")
+        if modern and isinstance(token, str) and token.startswith(SEALED_PREFIX):
+            try:
+                state = self.sealer.open(token, principal=principal)
+            except InvalidState as exc:
+                raise MCPError(code=jsonrpc.INVALID_PARAMS, message=str(exc)) from None
+            if state.server != server:
+                raise MCPError(code=jsonrpc.INVALID_PARAMS, message="requestState belongs to another request")
+            if state.answer_to is not None:
+                answer = (params.get("inputResponses") or {}).get(state.key)
+                if answer is None:
+                    raise MCPError(code=jsonrpc.INVALID_PARAMS, message=f"inputResponses lacks {state.key!r}")
+                result = await self.upstream.resume(
+                    server,
+                    state.answer_to,
+                    jsonrpc.encode_result(None, answer),
+                    on_notify=on_notify,
+                    on_request=on_request,
+                )
+            else:
+                params = {k: v for k, v in params.items() if k != "requestState"}
+                if state.backend_state is not None:
+                    params["requestState"] = state.backend_state
+                result = await call(params)
+        else:
+            result = await call(params)
+        rounds = 0
+        while not modern and is_input_required(result) and rounds < MAX_INPUT_ROUNDS:
+            # A 2026-07-28 backing server asks through its result; a handshake-era client is
+            # asked with real requests, and the backing call is retried with the answers.
+            rounds += 1
+            responses = {
+                key: await self._ask_client(ctx, req.get("method", ""), req.get("params") or {})
+                for key, req in (result.get("inputRequests") or {}).items()
+            }
+            params = {k: v for k, v in params.items() if k not in ("requestState", "inputResponses")}
+            params["inputResponses"] = responses
+            if result.get("requestState") is not None:
+                params["requestState"] = result["requestState"]
+            result = await call(params)
+        if modern and is_input_required(result) and not str(result.get("requestState", "")).startswith(SEALED_PREFIX):
+            result["requestState"] = self.sealer.new(
+                server=server, principal=principal, backend_state=result.get("requestState")
+            )
         return _complete(ctx, _strip_reserved_meta(result))
+
+    async def _ask_client(self, ctx: ServerRequestContext[Any, Any], method: str, params: dict[str, Any]) -> Any:
+        """Send a server-to-client request to a handshake-era client, on its request's stream."""
+        try:
+            request = types.server_request_adapter.validate_python({"method": method, "params": params})
+        except ValidationError:
+            raise MCPError(code=jsonrpc.INVALID_PARAMS, message=f"malformed {method} request") from None
+        result = await ctx.session.send_request(
+            request, jsonrpc.RawResult, metadata=ServerMessageMetadata(related_request_id=ctx.request_id)
+        )
+        return result.root
 
     async def call_tool(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
         self._remember(ctx)

@@ -29,6 +29,9 @@ _NO_RESPONDERS = "503"
 
 Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
 """Receives a request-scoped notification (method, params) streamed back by the adapter."""
+OnRequest = Callable[[str, dict[str, Any], str, "jsonrpc.RequestId | None"], Awaitable[Any]]
+"""Handles a server-to-client request (method, params, answer subject, id). Returns None when it
+answered on the subject itself, or a result that ends the front call (input_required)."""
 
 
 class _Notification(msgspec.Struct):
@@ -44,6 +47,7 @@ class Frame:
     kind: str
     data: bytes
     instance: str | None = None
+    reply: str | None = None
 
 
 @dataclass
@@ -85,7 +89,7 @@ class Upstream:
                 ),
             )
         else:
-            frame = Frame(hdrs.get(headers.KIND, ""), msg.data, hdrs.get(headers.INSTANCE))
+            frame = Frame(hdrs.get(headers.KIND, ""), msg.data, hdrs.get(headers.INSTANCE), msg.reply or None)
         try:
             call.send.send_nowait(frame)
         except anyio.WouldBlock:
@@ -101,38 +105,83 @@ class Upstream:
         timeout: float | None = None,
         log_level: str | None = None,
         on_notify: Notify | None = None,
+        on_request: OnRequest | None = None,
     ) -> Any:
         """Send one request to `server` and return the decoded `result`; raise MCPError otherwise."""
         timeout = self.request_timeout if timeout is None else timeout
+        hdrs = headers.base({headers.DEADLINE: headers.deadline_in(timeout), headers.FRONT_VERSION: front_version})
+        if log_level is not None and on_notify is not None:
+            hdrs[headers.LOG_LEVEL] = log_level
+        payload = jsonrpc.encode_request(method, params, next(self._tokens))
+
+        async def send(reply: str) -> None:
+            await self.nc.publish(self.subjects.rpc(server), payload, reply=reply, headers=hdrs)
+
+        return await self._exchange(server, send, timeout, on_notify, on_request, accepted=False)
+
+    async def resume(
+        self,
+        server: str,
+        answer_to: str,
+        answer: bytes,
+        *,
+        timeout: float | None = None,
+        on_notify: Notify | None = None,
+        on_request: OnRequest | None = None,
+    ) -> Any:
+        """Answer an adapter that is waiting mid-call, and take over the rest of that call."""
+        timeout = self.request_timeout if timeout is None else timeout
+
+        async def send(reply: str) -> None:
+            await self.nc.publish(answer_to, answer, headers=headers.base({headers.REPLY_TO: reply}))
+
+        return await self._exchange(server, send, timeout, on_notify, on_request, accepted=True)
+
+    async def answer(self, subject: str, payload: bytes) -> None:
+        await self.nc.publish(subject, payload, headers=headers.base())
+
+    async def _exchange(
+        self,
+        server: str,
+        send: Callable[[str], Awaitable[None]],
+        timeout: float,
+        on_notify: Notify | None,
+        on_request: OnRequest | None,
+        *,
+        accepted: bool,
+    ) -> Any:
         token = str(next(self._tokens))
-        send, receive = anyio.create_memory_object_stream[Frame](32)
-        self._calls[token] = call = _Call(send, receive)
+        send_stream, receive = anyio.create_memory_object_stream[Frame](32)
+        self._calls[token] = call = _Call(send_stream, receive)
         reply = self.subjects.reply(self.edge_id, token)
         finished = False
         try:
-            payload = jsonrpc.encode_request(method, params, int(token))
-            hdrs = headers.base({headers.DEADLINE: headers.deadline_in(timeout), headers.FRONT_VERSION: front_version})
-            if log_level is not None and on_notify is not None:
-                hdrs[headers.LOG_LEVEL] = log_level
-            await self.nc.publish(self.subjects.rpc(server), payload, reply=reply, headers=hdrs)
-            result = await self._await_result(server, call, timeout, on_notify)
+            await send(reply)
+            result = await self._await_result(server, call, timeout, on_notify, on_request, accepted)
             finished = True
             return result
         except MCPError:
             finished = True
             raise
         finally:
+            del self._calls[token]
+            send_stream.close()
+            receive.close()
             if not finished:
                 # The client went away or cancelled: tell whichever adapter holds the call.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await self.nc.publish(self.subjects.cancel(server), reply.encode(), headers=headers.base())
-            del self._calls[token]
-            send.close()
-            receive.close()
 
-    async def _await_result(self, server: str, call: _Call, timeout: float, on_notify: Notify | None) -> Any:
+    async def _await_result(
+        self,
+        server: str,
+        call: _Call,
+        timeout: float,
+        on_notify: Notify | None,
+        on_request: OnRequest | None,
+        accepted: bool,
+    ) -> Any:
         deadline = anyio.current_time() + timeout
-        accepted = False
         while True:
             wait = deadline - anyio.current_time()
             if not accepted:
@@ -163,6 +212,24 @@ class Upstream:
                     log.warning("unreadable notification frame dropped", server=server)
                     continue
                 await on_notify(note.method, note.params)
+            if frame.kind == headers.Kind.REQUEST and frame.reply:
+                interrupt = await self._server_request(frame, on_request)
+                if interrupt is not None:
+                    return interrupt
+
+    async def _server_request(self, frame: Frame, on_request: OnRequest | None) -> Any:
+        try:
+            request = jsonrpc.decode_request(frame.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            request = jsonrpc.Request(method="")
+        assert frame.reply is not None
+        if on_request is None or not request.method:
+            await self.answer(
+                frame.reply,
+                jsonrpc.encode_error(request.id, jsonrpc.METHOD_NOT_FOUND, "the client cannot take this request"),
+            )
+            return None
+        return await on_request(request.method, request.params or {}, frame.reply, request.id)
 
 
 def _result_of(data: bytes) -> Any:

@@ -23,18 +23,15 @@ from fedmcp.shared import jsonrpc
 from fedmcp.shared.config import BackingServer
 from fedmcp.shared.envelopes import Catalog
 from mcp import Client, StdioServerParameters
+from mcp.client.session import ClientRequestContext
 from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
-from pydantic import RootModel, ValidationError
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from pydantic import BaseModel, ValidationError
 
 log = structlog.get_logger("fedmcp.adapter.backend")
-
-
-class _RawResult(RootModel[dict[str, Any]]):
-    """A result kept as the plain JSON object the server sent."""
 
 
 _MAX_PAGES = 1000
@@ -49,6 +46,8 @@ LIST_METHODS = {
 
 Sink = Callable[[str, dict[str, Any]], Awaitable[None]]
 """Receives a request-scoped notification (method, params) for the front client."""
+Asker = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+"""Sends a server-to-client request (method, params) to the front client; returns its result or raises MCPError."""
 LOG_LEVEL_META_KEY = "io.modelcontextprotocol/logLevel"
 
 
@@ -83,6 +82,7 @@ class Backend:
         self.state = "starting"
         self.catalog: Catalog | None = None
         self._log_sinks: dict[int, tuple[str, Sink]] = {}
+        self._askers: dict[int, Asker] = {}
         self._sink_ids = 0
 
     async def wait_ready(self) -> None:
@@ -122,6 +122,42 @@ class Backend:
         if jsonrpc.level_allows(wanted, params.level):
             await sink("notifications/message", params.model_dump(mode="json", by_alias=True, exclude_none=True))
 
+    async def _ask_front(self, method: str, params: BaseModel) -> dict[str, Any] | types.ErrorData:
+        """A handshake-era server asks its client something mid-call. The wire says nothing
+        about which call it belongs to, so it goes to the one call in flight; with several
+        in flight it is refused rather than risk asking the wrong user."""
+        if len(self._askers) != 1:
+            reason = "no call in flight" if not self._askers else "several calls in flight on one backing session"
+            return types.ErrorData(code=jsonrpc.INTERNAL_ERROR, message=f"fedmcp cannot route {method}: {reason}")
+        (ask,) = self._askers.values()
+        try:
+            return await ask(method, params.model_dump(mode="json", by_alias=True, exclude_none=True))
+        except MCPError as exc:
+            return exc.error
+        except Exception as exc:  # the bus or the client failed to answer: the server gets an error, not a hang
+            log.info("server-to-client request got no answer", server=self.name, method=method, error=repr(exc))
+            return types.ErrorData(code=jsonrpc.INTERNAL_ERROR, message=f"the client did not answer {method}")
+
+    async def _on_sampling(
+        self, context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
+        answer = await self._ask_front("sampling/createMessage", params)
+        if isinstance(answer, types.ErrorData):
+            return answer
+        if answer.get("content") is not None and isinstance(answer["content"], list):
+            return types.CreateMessageResultWithTools.model_validate(answer)
+        return types.CreateMessageResult.model_validate(answer)
+
+    async def _on_elicitation(
+        self, context: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult | types.ErrorData:
+        answer = await self._ask_front("elicitation/create", params)
+        return answer if isinstance(answer, types.ErrorData) else types.ElicitResult.model_validate(answer)
+
+    async def _on_list_roots(self, context: ClientRequestContext) -> types.ListRootsResult | types.ErrorData:
+        answer = await self._ask_front("roots/list", types.RequestParams())
+        return answer if isinstance(answer, types.ErrorData) else types.ListRootsResult.model_validate(answer)
+
     async def run(self) -> None:
         """Supervise the connection until cancelled."""
         backoff = self._backoff_initial
@@ -149,12 +185,19 @@ class Backend:
             async with AsyncExitStack() as stack:
                 client = Client(
                     self._target(stack),
-                    mode="auto",
+                    mode=self.config.era,
                     cache=None,
                     message_handler=self._on_message,
                     logging_callback=self._on_log,
+                    sampling_callback=self._on_sampling,
+                    elicitation_callback=self._on_elicitation,
+                    list_roots_callback=self._on_list_roots,
                 )
                 await stack.enter_async_context(client)
+                if self.config.era in MODERN_PROTOCOL_VERSIONS:
+                    # A pinned version skips the probe; ask for the real capabilities anyway.
+                    raw = await client.session.send_discover(self.config.era)
+                    client.session.adopt(types.DiscoverResult.model_validate(raw))
                 self._lost = anyio.Event()
                 self._client = client
                 await self._publish_catalog(client)
@@ -233,7 +276,7 @@ class Backend:
     ) -> dict[str, Any]:
         request = types.Request[dict[str, Any] | None, str](method=method, params=params)
         result = await client.session.send_request(
-            request, _RawResult, request_read_timeout_seconds=timeout, progress_callback=progress
+            request, jsonrpc.RawResult, request_read_timeout_seconds=timeout, progress_callback=progress
         )
         return result.root
 
@@ -246,6 +289,7 @@ class Backend:
         wait_ready: float,
         sink: Sink | None = None,
         log_level: str | None = None,
+        ask: Asker | None = None,
     ) -> dict[str, Any]:
         """Send one request to the backing server and return its raw result.
 
@@ -268,6 +312,10 @@ class Backend:
             self._sink_ids += 1
             sink_id = self._sink_ids
             self._log_sinks[sink_id] = (log_level, sink)
+        self._sink_ids += 1
+        ask_id = self._sink_ids
+        if ask is not None:
+            self._askers[ask_id] = ask
         try:
             return await self._raw(client, method, params, timeout, progress)
         except MCPError as exc:
@@ -282,6 +330,7 @@ class Backend:
             ) from exc
         finally:
             self._log_sinks.pop(sink_id, None)
+            self._askers.pop(ask_id, None)
 
     @staticmethod
     def _take_progress(

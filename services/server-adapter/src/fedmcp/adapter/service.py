@@ -12,6 +12,7 @@ import os
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -41,6 +42,14 @@ SERVED_METHODS = frozenset(
         "completion/complete",
     }
 )
+
+
+@dataclass
+class _Call:
+    """One call being served; its reply subject moves when a client's retry lands on another edge."""
+
+    reply: str | None
+    deadline: float
 
 
 def new_instance_id() -> str:
@@ -89,6 +98,7 @@ class Adapter:
         self._stop = anyio.Event()
         self._scopes: dict[str, anyio.CancelScope] = {}
         """In-flight calls by reply subject, so an edge's cancel can reach them."""
+        self._asks = 0
         self.took_work = anyio.Event()
         """Set once the first request arrived (lets tests and drains observe in-flight work)."""
 
@@ -158,18 +168,18 @@ class Adapter:
             if self._inflight == 0:
                 self._idle.set()
 
-    async def _reply(self, msg: Msg, kind: str, payload: bytes = b"") -> None:
-        if not msg.reply:
+    async def _reply(self, to: str | None, kind: str, payload: bytes = b"") -> None:
+        if not to:
             return
         await self.nc.publish(
-            msg.reply, payload, headers=headers.base({headers.KIND: kind, headers.INSTANCE: self.instance.instance})
+            to, payload, headers=headers.base({headers.KIND: kind, headers.INSTANCE: self.instance.instance})
         )
 
     async def _serve_one(self, msg: Msg) -> None:
         if not headers.speaks_our_protocol(msg.headers):
             got = (msg.headers or {}).get(headers.BUS, "none")
             await self._reply(
-                msg,
+                msg.reply,
                 headers.Kind.RESULT,
                 jsonrpc.encode_error(
                     None,
@@ -183,24 +193,51 @@ class Adapter:
             # The caller has given up already (e.g. a request buffered during a reconnect).
             log.info("dropped expired request", server=self.name)
             return
-        await self._reply(msg, headers.Kind.ACCEPT)
+        await self._reply(msg.reply, headers.Kind.ACCEPT)
         try:
             request = jsonrpc.decode_request(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await self._reply(msg, headers.Kind.RESULT, jsonrpc.encode_error(None, jsonrpc.INVALID_REQUEST, str(exc)))
+            await self._reply(
+                msg.reply, headers.Kind.RESULT, jsonrpc.encode_error(None, jsonrpc.INVALID_REQUEST, str(exc))
+            )
             return
         rid = request.id
         if request.method not in SERVED_METHODS:
             body = jsonrpc.encode_error(rid, jsonrpc.METHOD_NOT_FOUND, f"method {request.method!r} is not served")
         else:
-            body = await self._forward(request, left, msg)
-        await self._reply(msg, headers.Kind.RESULT, body)
+            call = _Call(reply=msg.reply, deadline=anyio.current_time() + left)
+            body = await self._forward(request, call, msg.headers or {})
+            await self._reply(call.reply, headers.Kind.RESULT, body)
+            return
+        await self._reply(msg.reply, headers.Kind.RESULT, body)
 
-    async def _forward(self, request: jsonrpc.Request, left: float, msg: Msg) -> bytes:
+    async def _forward(self, request: jsonrpc.Request, call: _Call, hdrs: dict[str, str]) -> bytes:
         rid = request.id
+        left = call.deadline - anyio.current_time()
 
         async def sink(method: str, params: dict[str, Any]) -> None:
-            await self._reply(msg, headers.Kind.NOTIFY, jsonrpc.encode_notification(method, params))
+            await self._reply(call.reply, headers.Kind.NOTIFY, jsonrpc.encode_notification(method, params))
+
+        async def ask(method: str, params: dict[str, Any]) -> dict[str, Any]:
+            """Ask the front client through whichever edge holds the call, and follow the call
+            to the edge that answers (a 2026-07-28 client retries on any edge)."""
+            if call.reply is None:
+                raise MCPError(code=jsonrpc.INTERNAL_ERROR, message="the call has no reply subject")
+            self._asks += 1
+            answer = await self.nc.request(
+                call.reply,
+                jsonrpc.encode_request(method, params, self._asks),
+                timeout=max(0.1, call.deadline - anyio.current_time()),
+                headers=headers.base({headers.KIND: headers.Kind.REQUEST, headers.INSTANCE: self.instance.instance}),
+            )
+            moved_to = (answer.headers or {}).get(headers.REPLY_TO)
+            if moved_to:
+                call.reply = moved_to
+            response = jsonrpc.decode_response(answer.data)
+            if response.error is not None:
+                raise MCPError(code=response.error.code, message=response.error.message, data=response.error.data)
+            result: dict[str, Any] = response.result or {}
+            return result
 
         try:
             result: dict[str, Any] = await self.backend.request(
@@ -209,7 +246,8 @@ class Adapter:
                 timeout=left,
                 wait_ready=min(left, self.restart_wait),
                 sink=sink,
-                log_level=(msg.headers or {}).get(headers.LOG_LEVEL),
+                log_level=hdrs.get(headers.LOG_LEVEL),
+                ask=ask,
             )
         except BackendUnavailable as exc:
             return jsonrpc.encode_error(

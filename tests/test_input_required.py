@@ -1,0 +1,108 @@
+"""Server-to-client requests in all four front/back era combinations: elicitation, sampling, roots.
+
+legacy front  + legacy back : the backing server's request travels the bus to exactly the calling client.
+modern front  + modern back : input_required passes through, requestState sealed by the edge.
+modern front  + legacy back : the mid-call request becomes input_required; the retry resumes the waiting call.
+legacy front  + modern back : the edge asks the client with real requests and retries the backing call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mcp_types as types
+import pytest
+from conftest import federation, python_server
+from fedmcp.shared.natsserver import NatsServer
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+
+pytestmark = pytest.mark.anyio
+
+COMBOS = [
+    ("legacy", "legacy"),
+    ("2026-07-28", "2026-07-28"),
+    ("2026-07-28", "legacy"),
+    ("legacy", "auto"),
+]
+
+
+async def on_elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+    return types.ElicitResult(action="accept", content={"ok": True})
+
+
+async def on_sample(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+    prompt = params.messages[0].content
+    assert isinstance(prompt, types.TextContent)
+    return types.CreateMessageResult(
+        role="assistant", content=types.TextContent(type="text", text=f"verse on: {prompt.text}"), model="test-model"
+    )
+
+
+async def on_roots(context: Any) -> types.ListRootsResult:
+    return types.ListRootsResult(roots=[types.Root(uri="file:///work/project", name="project")])
+
+
+@pytest.mark.parametrize(("front", "back"), COMBOS, ids=[f"{f}-front/{b}-back" for f, b in COMBOS])
+async def test_elicitation_sampling_and_roots_in_every_era_combination(
+    nats_server: NatsServer, front: str, back: str
+) -> None:
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("asker", python_server("asker.py", era=back))
+        assert fed.edge is not None
+        negotiated = fed.edge.view.table.servers["asker"].catalog.protocol_version
+        assert (negotiated == "2025-11-25") == (back == "legacy")
+        async with Client(
+            fed.url,
+            mode=front,  # type: ignore[arg-type]
+            elicitation_callback=on_elicit,
+            sampling_callback=on_sample,
+            list_roots_callback=on_roots,
+        ) as client:
+            greet = await client.call_tool("asker_greet", {"name": "Ada"})
+            assert greet.structured_content == {"result": "hello Ada (confirmed=True)"}
+            poem = await client.call_tool("asker_poem", {"topic": "NATS"})
+            assert poem.structured_content == {"result": "verse on: A poem about NATS"}
+            roots = await client.call_tool("asker_roots", {})
+            assert roots.structured_content == {"result": ["file:///work/project"]}
+
+
+@pytest.mark.parametrize("back", ["legacy", "auto"])
+async def test_client_without_the_capability_gets_an_error_not_a_hang(nats_server: NatsServer, back: str) -> None:
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("asker", python_server("asker.py", era=back))
+        async with Client(fed.url, mode="2026-07-28") as client:
+            with pytest.raises(MCPError) as err:
+                result = await client.call_tool("asker_greet", {"name": "Ada"})
+                assert result.is_error  # some servers report it as a tool error instead
+                raise MCPError(code=-1, message=str(result.content))
+            assert "elicitation" in str(err.value).lower() or "capab" in str(err.value).lower()
+
+
+async def test_tampered_request_state_is_refused(nats_server: NatsServer) -> None:
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("asker", python_server("asker.py", era="legacy"))
+        async with Client(fed.url, mode="2026-07-28", elicitation_callback=on_elicit) as client:
+            first = await client.session.call_tool("asker_greet", {"name": "Ada"}, allow_input_required=True)
+            assert isinstance(first, types.InputRequiredResult)
+            assert first.request_state and first.request_state.startswith("fedmcp1.")
+            forged = first.request_state[:-4] + ("AAAA" if not first.request_state.endswith("AAAA") else "BBBB")
+            with pytest.raises(MCPError) as err:
+                await client.session.call_tool(
+                    "asker_greet",
+                    {"name": "Ada"},
+                    input_responses={"fedmcp": {"action": "accept", "content": {"ok": True}}},
+                    request_state=forged,
+                    allow_input_required=True,
+                )
+            assert err.value.error.code == -32602
+            # The genuine state still completes the waiting call.
+            done = await client.session.call_tool(
+                "asker_greet",
+                {"name": "Ada"},
+                input_responses={"fedmcp": {"action": "accept", "content": {"ok": True}}},
+                request_state=first.request_state,
+                allow_input_required=True,
+            )
+            assert isinstance(done, types.CallToolResult)
+            assert done.structured_content == {"result": "hello Ada (confirmed=True)"}
