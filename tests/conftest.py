@@ -53,6 +53,7 @@ class Federation:
     edge: Edge | None = None
     url: str = ""
     adapters: dict[str, list[Adapter]] = field(default_factory=dict)
+    stops: list[anyio.Event] = field(default_factory=list)
 
     async def add_server(self, name: str, server: BackingServer, *, wait: bool = True, **kw: Any) -> Adapter:
         nc = await bus.connect(self.nats_url, name=f"test-adapter-{name}")
@@ -63,6 +64,25 @@ class Federation:
         if wait:
             await self.wait_for_server(name, present=True)
         return adapter
+
+    async def add_edge(self) -> str:
+        """Another edge replica on the same bus; returns its MCP URL."""
+        stop = anyio.Event()
+        self.stops.append(stop)
+
+        async def run(*, task_status: anyio.abc.TaskStatus[str]) -> None:
+            async with edge_runtime(self.nats_url) as edge:
+                sock = bind("127.0.0.1", 0)
+                await edge.view.wait_until(lambda table: table.servers.keys() >= self.edge_servers())
+                task_status.started(f"http://127.0.0.1:{sock.getsockname()[1]}/mcp")
+                await serve_http(edge, sock, stop=stop)
+
+        url: str = await self.tg.start(run)
+        return url
+
+    def edge_servers(self) -> set[str]:
+        assert self.edge is not None
+        return set(self.edge.view.table.servers)
 
     async def remove_server(self, name: str) -> None:
         for adapter in self.adapters.pop(name):
@@ -98,3 +118,5 @@ async def federation(
                     for adapter in adapters:
                         adapter.stop()
                 stop.set()
+                for extra in fed.stops:
+                    extra.set()

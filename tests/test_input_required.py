@@ -106,3 +106,28 @@ async def test_tampered_request_state_is_refused(nats_server: NatsServer) -> Non
             )
             assert isinstance(done, types.CallToolResult)
             assert done.structured_content == {"result": "hello Ada (confirmed=True)"}
+
+
+async def test_retry_lands_on_another_edge(nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A handshake-era backing server blocks mid-call; the client's retry reaches a different edge
+    replica, which routes the answer to the waiting adapter call through the sealed state."""
+    monkeypatch.setenv("FEDMCP_STATE_KEY", "q" * 43)  # 32 bytes, shared by both edges
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("asker", python_server("asker.py", era="legacy"))
+        other_url = await fed.add_edge()
+        async with (
+            Client(fed.url, mode="2026-07-28", elicitation_callback=on_elicit) as first,
+            Client(other_url, mode="2026-07-28", elicitation_callback=on_elicit) as second,
+        ):
+            asked = await first.session.call_tool("asker_greet", {"name": "Grace"}, allow_input_required=True)
+            assert isinstance(asked, types.InputRequiredResult)
+            assert asked.input_requests and asked.input_requests["fedmcp"].method == "elicitation/create"
+            done = await second.session.call_tool(
+                "asker_greet",
+                {"name": "Grace"},
+                input_responses={"fedmcp": {"action": "accept", "content": {"ok": True}}},
+                request_state=asked.request_state,
+                allow_input_required=True,
+            )
+            assert isinstance(done, types.CallToolResult)
+            assert done.structured_content == {"result": "hello Grace (confirmed=True)"}
