@@ -35,6 +35,8 @@ class Kind:
     NOTIFY = "notify"
     REQUEST = "request"
     """A server-to-client request (sampling, elicitation, roots); answered on the frame's reply subject."""
+    CHUNK = "chunk"
+    """A piece of the next frame's payload, too large for one NATS message."""
     RESULT = "result"
 
 

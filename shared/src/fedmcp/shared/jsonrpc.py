@@ -34,6 +34,8 @@ UPSTREAM_LOST = -32013
 """The adapter instance holding a non-idempotent call was lost."""
 OVERLOADED = -32014
 """Every replica was busy for the bounded wait."""
+PAYLOAD_TOO_LARGE = -32015
+"""A request or result is larger than the federation's configured payload limit."""
 
 RequestId = int | str
 
@@ -71,7 +73,7 @@ def decode_request(data: bytes) -> Request:
     return _request_decoder.decode(data)
 
 
-def decode_response(data: bytes) -> Response:
+def decode_response(data: bytes | bytearray) -> Response:
     return _response_decoder.decode(data)
 
 

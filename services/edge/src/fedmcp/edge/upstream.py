@@ -16,7 +16,7 @@ import anyio
 import msgspec
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from fedmcp.shared import headers, jsonrpc
+from fedmcp.shared import chunks, headers, jsonrpc
 from fedmcp.shared.subjects import Subjects
 from mcp.shared.exceptions import MCPError
 from nats.aio.client import Client as NATS
@@ -45,7 +45,7 @@ _notification_decoder = msgspec.json.Decoder(_Notification)
 @dataclass
 class Frame:
     kind: str
-    data: bytes
+    data: bytes | bytearray
     instance: str | None = None
     reply: str | None = None
 
@@ -54,13 +54,22 @@ class Frame:
 class _Call:
     send: MemoryObjectSendStream[Frame]
     receive: MemoryObjectReceiveStream[Frame]
+    assembler: chunks.Assembler
     instances: list[str] = field(default_factory=list)
 
 
 class Upstream:
     def __init__(
-        self, nc: NATS, subjects: Subjects, edge_id: str, *, accept_timeout: float = 2.0, request_timeout: float = 60.0
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        edge_id: str,
+        *,
+        accept_timeout: float = 2.0,
+        request_timeout: float = 60.0,
+        max_payload_bytes: int = chunks.DEFAULT_LIMIT,
     ) -> None:
+        self.max_payload_bytes = max_payload_bytes
         self.nc = nc
         self.subjects = subjects
         self.edge_id = edge_id
@@ -89,7 +98,23 @@ class Upstream:
                 ),
             )
         else:
-            frame = Frame(hdrs.get(headers.KIND, ""), msg.data, hdrs.get(headers.INSTANCE), msg.reply or None)
+            kind = hdrs.get(headers.KIND, "")
+            if kind == headers.Kind.CHUNK:
+                # Assembled here, in NATS's order, not queued: a big result must not be dropped.
+                call.assembler.add(msg.data)
+                return
+            data = call.assembler.finish(msg.data)
+            if call.assembler.overflow:
+                limit = call.assembler.limit
+                message = chunks.too_large_message(call.assembler.overflow, limit)
+                data = jsonrpc.encode_error(None, jsonrpc.PAYLOAD_TOO_LARGE, message)
+                call.assembler = chunks.Assembler(limit)
+            frame = Frame(
+                kind,
+                data,
+                hdrs.get(headers.INSTANCE),
+                msg.reply or None,
+            )
         try:
             call.send.send_nowait(frame)
         except anyio.WouldBlock:
@@ -152,7 +177,7 @@ class Upstream:
     ) -> Any:
         token = str(next(self._tokens))
         send_stream, receive = anyio.create_memory_object_stream[Frame](32)
-        self._calls[token] = call = _Call(send_stream, receive)
+        self._calls[token] = call = _Call(send_stream, receive, chunks.Assembler(self.max_payload_bytes))
         reply = self.subjects.reply(self.edge_id, token)
         finished = False
         try:
@@ -232,7 +257,7 @@ class Upstream:
         return await on_request(request.method, request.params or {}, frame.reply, request.id)
 
 
-def _result_of(data: bytes) -> Any:
+def _result_of(data: bytes | bytearray) -> Any:
     try:
         response = jsonrpc.decode_response(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -19,7 +19,7 @@ import anyio
 import httpx2
 import mcp_types as types
 import structlog
-from fedmcp.shared import jsonrpc
+from fedmcp.shared import chunks, jsonrpc
 from fedmcp.shared.config import BackingServer
 from fedmcp.shared.envelopes import Catalog
 from mcp import Client, StdioServerParameters
@@ -83,6 +83,7 @@ class Backend:
         self.catalog: Catalog | None = None
         self._log_sinks: dict[int, tuple[str, Sink]] = {}
         self._askers: dict[int, Asker] = {}
+        self._in_flight = 0
         self._sink_ids = 0
 
     async def wait_ready(self) -> None:
@@ -98,11 +99,10 @@ class Backend:
             env.update(cfg.env)
             return StdioServerParameters(command=cfg.command, args=cfg.args, env=env, cwd=cfg.cwd)
         assert cfg.url is not None
-        if not cfg.headers:
-            return cfg.url
         http = httpx2.AsyncClient(headers=cfg.headers, timeout=httpx2.Timeout(30.0, read=300.0))
         stack.push_async_callback(http.aclose)
-        return streamable_http_client(cfg.url, http_client=http)
+        # The SDK caps one SSE event at 1 MiB; fedmcp carries results up to its own limit.
+        return streamable_http_client(cfg.url, http_client=http, max_sse_event_size=chunks.DEFAULT_LIMIT)
 
     async def _on_message(self, message: types.ServerNotification | Exception) -> None:
         if isinstance(
@@ -229,6 +229,8 @@ class Backend:
         """Notice a backing server that died while idle."""
         while True:
             await anyio.sleep(self._probe_interval)
+            if self._in_flight:
+                continue  # calls in flight notice a dead server themselves; a probe would queue behind them
             method = "ping" if client.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS else "server/discover"
             try:
                 await self._raw(client, method, None, timeout=10)
@@ -316,6 +318,7 @@ class Backend:
         ask_id = self._sink_ids
         if ask is not None:
             self._askers[ask_id] = ask
+        self._in_flight += 1
         try:
             return await self._raw(client, method, params, timeout, progress)
         except MCPError as exc:
@@ -329,6 +332,7 @@ class Backend:
                 code=jsonrpc.INTERNAL_ERROR, message=f"server {self.name!r} returned an invalid {method} result"
             ) from exc
         finally:
+            self._in_flight -= 1
             self._log_sinks.pop(sink_id, None)
             self._askers.pop(ask_id, None)
 

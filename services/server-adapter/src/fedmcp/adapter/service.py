@@ -20,7 +20,7 @@ import msgspec
 import structlog
 from anyio.abc import TaskGroup
 from fedmcp.adapter.backend import Backend, BackendUnavailable
-from fedmcp.shared import envelopes, headers, jsonrpc
+from fedmcp.shared import chunks, envelopes, headers, jsonrpc
 from fedmcp.shared.config import BackingServer
 from fedmcp.shared.envelopes import Announce, Catalog, Heartbeat, Instance, ServerSettings
 from fedmcp.shared.subjects import Subjects
@@ -72,6 +72,7 @@ class Adapter:
         restart_wait: float = 5.0,
         drain_timeout: float = 30.0,
         version: str = "0.1.0",
+        max_payload_bytes: int = chunks.DEFAULT_LIMIT,
     ) -> None:
         self.nc = nc
         self.name = name
@@ -80,6 +81,7 @@ class Adapter:
         self.default_timeout = default_timeout
         self.restart_wait = restart_wait
         self.drain_timeout = drain_timeout
+        self.max_payload_bytes = max_payload_bytes
         self.instance = Instance(
             server=name,
             instance=instance_id or new_instance_id(),
@@ -171,9 +173,22 @@ class Adapter:
     async def _reply(self, to: str | None, kind: str, payload: bytes = b"") -> None:
         if not to:
             return
-        await self.nc.publish(
-            to, payload, headers=headers.base({headers.KIND: kind, headers.INSTANCE: self.instance.instance})
-        )
+        hdrs = headers.base({headers.KIND: kind, headers.INSTANCE: self.instance.instance})
+        size = chunks.chunk_size(self.nc.max_payload)
+        if len(payload) <= size:
+            await self.nc.publish(to, payload, headers=hdrs)
+            return
+        if len(payload) > self.max_payload_bytes:
+            error = jsonrpc.encode_error(
+                None, jsonrpc.PAYLOAD_TOO_LARGE, chunks.too_large_message(len(payload), self.max_payload_bytes)
+            )
+            await self.nc.publish(to, error, headers=hdrs)
+            return
+        pieces = list(chunks.split(payload, size))
+        chunk_hdrs = headers.base({headers.KIND: headers.Kind.CHUNK, headers.INSTANCE: self.instance.instance})
+        for piece in pieces[:-1]:
+            await self.nc.publish(to, piece, headers=chunk_hdrs)
+        await self.nc.publish(to, pieces[-1], headers=hdrs)
 
     async def _serve_one(self, msg: Msg) -> None:
         if not headers.speaks_our_protocol(msg.headers):

@@ -1,0 +1,55 @@
+"""Payloads larger than one NATS message: split into ordered chunk frames, reassembled with a limit.
+
+NATS keeps the order of one publisher's messages on one subject, so a reply
+stream can carry `chunk` frames followed by the final frame; the receiver
+appends them as they come and never holds more than the configured limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+DEFAULT_LIMIT = 64 * 1024 * 1024
+"""Largest JSON-RPC message fedmcp carries end to end (bytes on the wire)."""
+_HEADROOM = 8 * 1024
+"""Room left in each NATS message for headers."""
+_MIN_CHUNK = 64 * 1024
+
+
+def chunk_size(max_payload: int) -> int:
+    return max(_MIN_CHUNK, max_payload - _HEADROOM)
+
+
+def split(payload: bytes, size: int) -> Iterator[bytes]:
+    """The payload in `size`-byte pieces; a payload that fits is one piece."""
+    view = memoryview(payload)
+    for start in range(0, max(len(payload), 1), size):
+        yield bytes(view[start : start + size])
+
+
+def too_large_message(size: int, limit: int) -> str:
+    return f"message of {size} bytes exceeds fedmcp's payload limit of {limit} bytes (max_payload_bytes)"
+
+
+class Assembler:
+    """Collects the chunks of one message; refuses to grow past `limit`."""
+
+    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+        self.limit = limit
+        self._buffer = bytearray()
+        self.overflow = 0
+        """Bytes seen past the limit (0 while within it)."""
+
+    def add(self, piece: bytes) -> None:
+        if self.overflow or len(self._buffer) + len(piece) > self.limit:
+            self.overflow += len(piece) + len(self._buffer)
+            self._buffer = bytearray()
+            return
+        self._buffer += piece
+
+    def finish(self, last: bytes) -> bytes | bytearray:
+        if not self._buffer and not self.overflow:
+            return last
+        self.add(last)
+        data, self._buffer = self._buffer, bytearray()
+        return data
