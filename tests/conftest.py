@@ -98,7 +98,12 @@ class Federation:
 
 @asynccontextmanager
 async def federation(
-    nats_url: str, *, evict_after: float = 2.0, manager: bool = True, **edge_kw: Any
+    nats_url: str,
+    *,
+    evict_after: float = 2.0,
+    manager: bool = True,
+    max_body_bytes: int = 1024 * 1024,
+    **edge_kw: Any,
 ) -> AsyncIterator[Federation]:
     async with AsyncExitStack() as stack, anyio.create_task_group() as tg:
         fed = Federation(nats_url, tg, stack)
@@ -110,7 +115,7 @@ async def federation(
             fed.edge = edge
             sock = bind("127.0.0.1", 0)
             fed.url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
-            edge_tg.start_soon(lambda: serve_http(edge, sock, stop=stop, max_body_bytes=1024 * 1024))
+            edge_tg.start_soon(lambda: serve_http(edge, sock, stop=stop, max_body_bytes=max_body_bytes))
             try:
                 yield fed
             finally:

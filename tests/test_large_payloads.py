@@ -7,16 +7,15 @@ import sys
 
 import mcp_types as types
 import pytest
+from conftest import SERVERS, federation, python_server
+from fedmcp.shared import jsonrpc
+from fedmcp.shared.natsserver import NatsServer
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from conftest import SERVERS, federation, python_server
-from fedmcp.shared import jsonrpc
-from fedmcp.shared.natsserver import NatsServer
-
 sys.path.insert(0, str(SERVERS))
-from big import blob  # noqa: E402 - the test server's own generator is the oracle
+from big import blob
 
 pytestmark = pytest.mark.anyio
 MODES = ["legacy", "2026-07-28"]
@@ -53,3 +52,15 @@ async def test_over_the_limit_is_a_clear_error(nats_server: NatsServer) -> None:
             assert str(10 * 1024 * 1024) in err.value.error.message
             small = await client.call_tool("big_image", {"size": 1000})
             assert not small.is_error
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_20mb_request_is_pulled_in_pieces(nats_server: NatsServer, mode: str) -> None:
+    import hashlib
+
+    async with federation(nats_server.url, max_body_bytes=64 * 1024 * 1024) as fed:
+        await fed.add_server("big", python_server("big.py"))
+        text = base64.b64encode(blob(15_000_000)).decode()  # 20 MB argument, > the 8 MB NATS messages
+        async with Client(fed.url, mode=mode) as client:  # type: ignore[arg-type]
+            result = await client.call_tool("big_digest", {"data": text})
+            assert result.structured_content == {"result": hashlib.sha256(text.encode()).hexdigest()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+from fedmcp.shared import chunks
 from fedmcp.shared.subjects import DEFAULT_PREFIX, check_token
 
 
@@ -38,7 +39,8 @@ class EdgeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8765
     path: str = "/mcp"
-    max_body_bytes: int = 4 * 1024 * 1024
+    max_body_bytes: int = chunks.DEFAULT_LIMIT
+    """Largest HTTP request body; also fedmcp's payload limit (shared/chunks.py)."""
     request_timeout: float = 60.0
 
 

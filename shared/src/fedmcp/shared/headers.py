@@ -25,6 +25,11 @@ TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 
 
+UPLOAD = "Fedmcp-Upload"
+"""On a request whose body did not fit one message: its size in bytes. The body is empty; the
+adapter that takes the request pulls the pieces from the request's reply subject."""
+CHUNK_INDEX = "Fedmcp-Chunk-Index"
+"""On a `pull` frame: which piece of the upload is wanted."""
 REPLY_TO = "Fedmcp-Reply-To"
 """On an answer to a server-to-client request: where the rest of the call's frames go now
 (a client's retry may reach another edge than the one that asked)."""
@@ -35,6 +40,8 @@ class Kind:
     NOTIFY = "notify"
     REQUEST = "request"
     """A server-to-client request (sampling, elicitation, roots); answered on the frame's reply subject."""
+    PULL = "pull"
+    """Adapter -> edge: send piece `Fedmcp-Chunk-Index` of the request body."""
     CHUNK = "chunk"
     """A piece of the next frame's payload, too large for one NATS message."""
     RESULT = "result"

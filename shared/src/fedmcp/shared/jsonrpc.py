@@ -69,7 +69,7 @@ _response_decoder = msgspec.json.Decoder(Response)
 _encoder = msgspec.json.Encoder()
 
 
-def decode_request(data: bytes) -> Request:
+def decode_request(data: bytes | bytearray) -> Request:
     return _request_decoder.decode(data)
 
 

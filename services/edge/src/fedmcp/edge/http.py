@@ -10,6 +10,7 @@ import anyio
 import uvicorn
 from fedmcp.edge.guard import JsonRpcGuard
 from fedmcp.edge.runtime import Edge
+from fedmcp.shared import chunks
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -19,7 +20,7 @@ from starlette.routing import Route
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def build_app(edge: Edge, *, host: str, path: str = "/mcp", max_body_bytes: int = 4 * 1024 * 1024) -> Starlette:
+def build_app(edge: Edge, *, host: str, path: str = "/mcp", max_body_bytes: int = chunks.DEFAULT_LIMIT) -> Starlette:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -71,7 +72,7 @@ async def serve_http(
     *,
     stop: anyio.Event,
     path: str = "/mcp",
-    max_body_bytes: int = 4 * 1024 * 1024,
+    max_body_bytes: int = chunks.DEFAULT_LIMIT,
 ) -> None:
     host = sock.getsockname()[0]
     app = build_app(edge, host=host, path=path, max_body_bytes=max_body_bytes)

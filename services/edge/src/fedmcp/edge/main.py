@@ -8,7 +8,7 @@ import anyio
 import click
 from fedmcp.edge.http import bind, serve_http
 from fedmcp.edge.runtime import edge_runtime
-from fedmcp.shared import logs
+from fedmcp.shared import chunks, logs
 from fedmcp.shared.signals import stop_on_signals
 from fedmcp.shared.subjects import DEFAULT_PREFIX
 from mcp.server.stdio import stdio_server
@@ -34,7 +34,7 @@ async def run_stdio(nats_url: str, prefix: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True)
 @click.option("--path", default="/mcp", show_default=True)
-@click.option("--max-body-bytes", default=4 * 1024 * 1024, show_default=True)
+@click.option("--max-body-bytes", default=chunks.DEFAULT_LIMIT, show_default=True)
 @click.option("--stdio", is_flag=True, help="Speak MCP on stdin/stdout (for desktop clients) instead of HTTP.")
 def main(
     nats_url: str, prefix: str, region: str, host: str, port: int, path: str, max_body_bytes: int, stdio: bool

@@ -56,6 +56,8 @@ class _Call:
     receive: MemoryObjectReceiveStream[Frame]
     assembler: chunks.Assembler
     instances: list[str] = field(default_factory=list)
+    upload: list[bytes] = field(default_factory=list)
+    """The request body in pieces, while an adapter may still pull it."""
 
 
 class Upstream:
@@ -99,6 +101,9 @@ class Upstream:
             )
         else:
             kind = hdrs.get(headers.KIND, "")
+            if kind == headers.Kind.PULL and msg.reply:
+                await self._serve_upload(call, msg.reply, hdrs.get(headers.CHUNK_INDEX, ""))
+                return
             if kind == headers.Kind.CHUNK:
                 # Assembled here, in NATS's order, not queued: a big result must not be dropped.
                 call.assembler.add(msg.data)
@@ -120,6 +125,10 @@ class Upstream:
         except anyio.WouldBlock:
             log.warning("reply frame dropped: caller is not keeping up", subject=msg.subject)
 
+    async def _serve_upload(self, call: _Call, to: str, index: str) -> None:
+        piece = call.upload[int(index)] if index.isdigit() and int(index) < len(call.upload) else b""
+        await self.nc.publish(to, piece, headers=headers.base({headers.KIND: headers.Kind.CHUNK}))
+
     async def request(
         self,
         server: str,
@@ -138,11 +147,22 @@ class Upstream:
         if log_level is not None and on_notify is not None:
             hdrs[headers.LOG_LEVEL] = log_level
         payload = jsonrpc.encode_request(method, params, next(self._tokens))
+        if len(payload) > self.max_payload_bytes:
+            raise MCPError(
+                code=jsonrpc.PAYLOAD_TOO_LARGE, message=chunks.too_large_message(len(payload), self.max_payload_bytes)
+            )
+        pieces: list[bytes] = []
+        if len(payload) > chunks.chunk_size(self.nc.max_payload):
+            # Too big for one message: send the request empty and let the adapter that
+            # takes it pull the pieces, so they reach that one adapter and nobody else.
+            pieces = list(chunks.split(payload, chunks.chunk_size(self.nc.max_payload)))
+            hdrs[headers.UPLOAD] = str(len(payload))
+            payload = b""
 
         async def send(reply: str) -> None:
             await self.nc.publish(self.subjects.rpc(server), payload, reply=reply, headers=hdrs)
 
-        return await self._exchange(server, send, timeout, on_notify, on_request, accepted=False)
+        return await self._exchange(server, send, timeout, on_notify, on_request, accepted=False, upload=pieces)
 
     async def resume(
         self,
@@ -174,10 +194,12 @@ class Upstream:
         on_request: OnRequest | None,
         *,
         accepted: bool,
+        upload: list[bytes] | None = None,
     ) -> Any:
         token = str(next(self._tokens))
         send_stream, receive = anyio.create_memory_object_stream[Frame](32)
         self._calls[token] = call = _Call(send_stream, receive, chunks.Assembler(self.max_payload_bytes))
+        call.upload = upload or []
         reply = self.subjects.reply(self.edge_id, token)
         finished = False
         try:

@@ -210,7 +210,14 @@ class Adapter:
             return
         await self._reply(msg.reply, headers.Kind.ACCEPT)
         try:
-            request = jsonrpc.decode_request(msg.data)
+            data = await self._body(msg, left)
+        except MCPError as exc:
+            await self._reply(
+                msg.reply, headers.Kind.RESULT, jsonrpc.encode_error(None, exc.error.code, exc.error.message)
+            )
+            return
+        try:
+            request = jsonrpc.decode_request(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             await self._reply(
                 msg.reply, headers.Kind.RESULT, jsonrpc.encode_error(None, jsonrpc.INVALID_REQUEST, str(exc))
@@ -225,6 +232,34 @@ class Adapter:
             await self._reply(call.reply, headers.Kind.RESULT, body)
             return
         await self._reply(msg.reply, headers.Kind.RESULT, body)
+
+    async def _body(self, msg: Msg, left: float) -> bytes | bytearray:
+        """The request's JSON-RPC bytes, pulled piece by piece from the edge when they did not fit one message."""
+        size_header = (msg.headers or {}).get(headers.UPLOAD)
+        if size_header is None:
+            return msg.data
+        size = int(size_header) if size_header.isdigit() else 0
+        if size > self.max_payload_bytes:
+            raise MCPError(
+                code=jsonrpc.PAYLOAD_TOO_LARGE, message=chunks.too_large_message(size, self.max_payload_bytes)
+            )
+        if not msg.reply:
+            raise MCPError(code=jsonrpc.INVALID_REQUEST, message="an upload needs a reply subject")
+        body = bytearray()
+        index = 0
+        with anyio.fail_after(max(left, 0.1)):
+            while len(body) < size:
+                piece = await self.nc.request(
+                    msg.reply,
+                    b"",
+                    timeout=max(0.1, left),
+                    headers=headers.base({headers.KIND: headers.Kind.PULL, headers.CHUNK_INDEX: str(index)}),
+                )
+                if not piece.data:
+                    raise MCPError(code=jsonrpc.INVALID_REQUEST, message="the edge stopped sending the request body")
+                body += piece.data
+                index += 1
+        return body
 
     async def _forward(self, request: jsonrpc.Request, call: _Call, hdrs: dict[str, str]) -> bytes:
         rid = request.id
