@@ -17,10 +17,15 @@ async def test_client_cancel_reaches_the_backing_server(nats_server: NatsServer,
     async with federation(nats_server.url) as fed:
         adapter = await fed.add_server("probe", python_server("probe_server.py"))
         async with Client(fed.url, mode=mode) as client:  # type: ignore[arg-type]
+            sleeping = anyio.Event()
+
+            async def started(progress: float, total: float | None, message: str | None) -> None:
+                sleeping.set()
+
             with anyio.move_on_after(10) as scope:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(lambda: client.call_tool("probe_sleep", {"seconds": 30}))
-                    await adapter.took_work.wait()
+                    tg.start_soon(lambda: client.call_tool("probe_sleep", {"seconds": 30}, progress_callback=started))
+                    await sleeping.wait()  # the backing server is in the call
                     tg.cancel_scope.cancel()  # the client abandons the call
             assert not scope.cancelled_caught
             with anyio.fail_after(10):

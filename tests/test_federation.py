@@ -156,7 +156,7 @@ async def test_requests_while_backing_server_is_down_fail_fast(nats_server: Nats
         broken = python_server("probe_server.py")
         adapter = await fed.add_server("probe", broken)
         adapter.restart_wait = 0.5
-        adapter.backend.config = python_server("does_not_exist.py")  # every restart now fails
+        adapter.backend.primary.config = python_server("does_not_exist.py")  # every restart now fails
         async with Client(fed.url) as client:
             with pytest.raises(MCPError):
                 await client.call_tool("probe_crash", {})

@@ -30,8 +30,8 @@ if [[ -x "$N22" ]] && "$N22" --version | grep -q '^v22\.'; then
 else
   log "installing $NODE_SPEC"
   mkdir -p "$W/node22"
-  (cd "$W/node22" && [[ -f package.json ]] || (cd "$W/node22" && npm init -y >/dev/null))
-  (cd "$W/node22" && npm install --no-audit --no-fund "$NODE_SPEC" >/dev/null)
+  (cd "$W/node22" && { [[ -f package.json ]] || npm init -y >/dev/null; } \
+    && npm install --no-audit --no-fund "$NODE_SPEC" >/dev/null)
   "$N22" --version | grep -q '^v22\.' || { log "node 22 install failed"; exit 1; }
 fi
 

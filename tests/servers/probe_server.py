@@ -30,8 +30,9 @@ CANCELLED: list[float] = []
 
 
 @mcp.tool()
-async def sleep(seconds: float) -> str:
-    """Answer after a while; a cancelled sleep is counted."""
+async def sleep(seconds: float, ctx: Context) -> str:
+    """Answer after a while; a cancelled sleep is counted. Reports progress 0 when it starts."""
+    await ctx.report_progress(0)
     try:
         await anyio.sleep(seconds)
     except anyio.get_cancelled_exc_class():

@@ -110,6 +110,12 @@ def client_can(caps: types.ClientCapabilities | None, method: str) -> bool:
     return False
 
 
+def client_capabilities(session: ServerSession) -> dict[str, Any]:
+    """What the client declared (per request in 2026-07-28, per session before), for the backing hop."""
+    caps = session.client_capabilities
+    return caps.model_dump(mode="json", by_alias=True, exclude_none=True) if caps is not None else {}
+
+
 def resource_not_found(ctx: ServerRequestContext[Any, Any], uri: str) -> MCPError:
     modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
     code = jsonrpc.INVALID_PARAMS if modern else jsonrpc.RESOURCE_NOT_FOUND_LEGACY
@@ -281,6 +287,7 @@ class FederatedServer:
             log_level=self._log_level(ctx),
             on_notify=on_notify,
             on_request=on_request,
+            capabilities=client_capabilities(session),
         )
         token = params.get("requestState")
         if modern and isinstance(token, str) and token.startswith(SEALED_PREFIX):

@@ -140,10 +140,13 @@ class Upstream:
         log_level: str | None = None,
         on_notify: Notify | None = None,
         on_request: OnRequest | None = None,
+        capabilities: dict[str, Any] | None = None,
     ) -> Any:
         """Send one request to `server` and return the decoded `result`; raise MCPError otherwise."""
         timeout = self.request_timeout if timeout is None else timeout
         hdrs = headers.base({headers.DEADLINE: headers.deadline_in(timeout), headers.FRONT_VERSION: front_version})
+        if capabilities is not None:
+            hdrs[headers.CLIENT_CAPABILITIES] = msgspec.json.encode(capabilities).decode()
         if log_level is not None and on_notify is not None:
             hdrs[headers.LOG_LEVEL] = log_level
         payload = jsonrpc.encode_request(method, params, next(self._tokens))

@@ -52,6 +52,16 @@ class _Call:
     deadline: float
 
 
+def _capabilities(raw: str | None) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    try:
+        caps = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    return caps if isinstance(caps, dict) else None
+
+
 def new_instance_id() -> str:
     host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:24]
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -298,6 +308,8 @@ class Adapter:
                 sink=sink,
                 log_level=hdrs.get(headers.LOG_LEVEL),
                 ask=ask,
+                front_version=hdrs.get(headers.FRONT_VERSION),
+                capabilities=_capabilities(hdrs.get(headers.CLIENT_CAPABILITIES)),
             )
         except BackendUnavailable as exc:
             return jsonrpc.encode_error(

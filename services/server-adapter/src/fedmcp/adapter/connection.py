@@ -1,0 +1,339 @@
+"""One supervised SDK `Client` session to the backing server.
+
+The session is negotiated in a given mode ("auto": `server/discover` first,
+else `initialize`; "legacy"; or a pinned 2026-07-28+ version) and restarted
+with exponential backoff when the server crashes. Requests that arrive while
+it is down wait a bounded time, then get a clear error instead of hanging.
+
+What the backing server sends outside a response (log messages and, for
+handshake-era servers, sampling/elicitation/roots requests) carries no
+request id on a stdio wire, so it is attributed to the one call in flight on
+this session; with several in flight it is refused rather than risk sending
+one user's question to another.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+import structlog
+from fedmcp.adapter.envelope import HeaderMaps, send_modern
+from fedmcp.shared import chunks, jsonrpc
+from fedmcp.shared.config import BackingServer
+from mcp import Client, StdioServerParameters
+from mcp.client.session import ClientRequestContext
+from mcp.client.stdio import get_default_environment
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.dispatcher import ProgressFnT
+from mcp.shared.exceptions import MCPError
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from pydantic import BaseModel, ValidationError
+
+log = structlog.get_logger("fedmcp.adapter.connection")
+
+Sink = Callable[[str, dict[str, Any]], Awaitable[None]]
+"""Receives a request-scoped notification (method, params) for the front client."""
+Asker = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+"""Sends a server-to-client request (method, params) to the front client; returns its result or raises MCPError."""
+
+
+@dataclass
+class CallHooks:
+    """How one in-flight call reaches back to its front client."""
+
+    sink: Sink | None = None
+    log_level: str | None = None
+    ask: Asker | None = None
+
+
+class BackendUnavailable(Exception):
+    """The backing server is not connected (starting, crashed, restarting)."""
+
+
+class BackingConnection:
+    def __init__(
+        self,
+        name: str,
+        config: BackingServer,
+        mode: str,
+        *,
+        on_connected: Callable[[Client], Awaitable[None]] | None = None,
+        on_list_changed: Callable[[], None] | None = None,
+        once: bool = False,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
+        probe_interval: float = 5.0,
+        connect_timeout: float = 30.0,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.mode = mode
+        self._on_connected = on_connected
+        self._on_list_changed = on_list_changed
+        self._once = once
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._probe_interval = probe_interval
+        self._connect_timeout = connect_timeout
+        self.client: Client | None = None
+        self._ready = anyio.Event()
+        self._lost = anyio.Event()
+        self.failed = False
+        """Set when a `once` connection could not be established (e.g. a modern-only server refusing `initialize`)."""
+        self.restarts = 0
+        self.state = "starting"
+        self.in_flight: dict[int, CallHooks] = {}
+        self._ids = 0
+
+    @property
+    def protocol_version(self) -> str | None:
+        return self.client.protocol_version if self.client is not None else None
+
+    async def wait_ready(self) -> None:
+        while self.client is None and not self.failed:
+            await self._ready.wait()
+
+    # -- supervision ------------------------------------------------------------
+    async def run(self) -> None:
+        backoff = self._backoff_initial
+        while True:
+            started = anyio.current_time()
+            connected = False
+            try:
+                connected = await self._session()
+            except Exception as exc:  # any failure of the child or the link: restart it
+                log.warning("backing server connection failed", server=self.name, mode=self.mode, error=repr(exc))
+            self.client = None
+            self.state = "restarting"
+            if self._once and not connected:
+                self.failed = True
+                self._ready.set()
+                return
+            self._ready = anyio.Event()
+            self.restarts += 1
+            if anyio.current_time() - started > 30:
+                backoff = self._backoff_initial  # it ran fine for a while: start the backoff over
+            log.info("restarting backing server", server=self.name, mode=self.mode, in_seconds=backoff)
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, self._backoff_max)
+
+    def _target(self, stack: AsyncExitStack) -> str | StdioServerParameters | Any:
+        cfg = self.config
+        if cfg.command is not None:
+            env = dict(os.environ) if cfg.inherit_env else get_default_environment()
+            env.update(cfg.env)
+            return StdioServerParameters(command=cfg.command, args=cfg.args, env=env, cwd=cfg.cwd)
+        assert cfg.url is not None
+        http = httpx2.AsyncClient(headers=cfg.headers, timeout=httpx2.Timeout(30.0, read=300.0))
+        stack.push_async_callback(http.aclose)
+        # The SDK caps one SSE event at 1 MiB; fedmcp carries results up to its own limit.
+        return streamable_http_client(cfg.url, http_client=http, max_sse_event_size=chunks.DEFAULT_LIMIT)
+
+    async def _session(self) -> bool:
+        """Run one session until it is lost; True if it was ever established."""
+        # The handshake gets a deadline; once connected the scope is relaxed. (A timeout
+        # scope around only the client's __aenter__ would be exited while the client's
+        # own task group is still open.)
+        connected = False
+        with anyio.CancelScope(deadline=anyio.current_time() + self._connect_timeout) as scope:
+            async with AsyncExitStack() as stack:
+                client = Client(
+                    self._target(stack),
+                    mode=self.mode,
+                    cache=None,
+                    message_handler=self._on_message,
+                    logging_callback=self._on_log,
+                    sampling_callback=self._on_sampling,
+                    elicitation_callback=self._on_elicitation,
+                    list_roots_callback=self._on_list_roots,
+                )
+                await stack.enter_async_context(client)
+                if self.mode in MODERN_PROTOCOL_VERSIONS:
+                    # A pinned version skips the probe; ask for the real capabilities anyway.
+                    raw = await client.session.send_discover(self.mode)
+                    client.session.adopt(types.DiscoverResult.model_validate(raw))
+                self._lost = anyio.Event()
+                if self._on_connected is not None:
+                    await self._on_connected(client)
+                await self._open_log_gate(client)
+                scope.deadline = math.inf
+                connected = True
+                self.client = client
+                self.state = "ready"
+                self._ready.set()
+                log.info("backing server connected", server=self.name, protocol_version=client.protocol_version)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._probe, client)
+                    if client.protocol_version in MODERN_PROTOCOL_VERSIONS:
+                        tg.start_soon(self._listen_modern, client)
+                    await self._lost.wait()
+                    tg.cancel_scope.cancel()
+        if scope.cancelled_caught and not connected:
+            raise TimeoutError(f"no handshake with the backing server within {self._connect_timeout}s")
+        return connected
+
+    async def _open_log_gate(self, client: Client) -> None:
+        """Handshake-era servers log per session: take everything, filter per request here."""
+        caps = client.server_capabilities
+        if caps.logging is not None and client.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS:
+            try:
+                await raw_request(client, "logging/setLevel", {"level": "debug"}, timeout=10)
+            except MCPError as exc:
+                log.info("backing server refused logging/setLevel", server=self.name, error=exc.error.message)
+
+    async def _probe(self, client: Client) -> None:
+        """Notice a backing server that died while idle."""
+        while True:
+            await anyio.sleep(self._probe_interval)
+            if self.in_flight:
+                continue  # calls in flight notice a dead server themselves; a probe would queue behind them
+            method = "ping" if client.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS else "server/discover"
+            try:
+                await raw_request(client, method, None, timeout=10)
+            except MCPError as exc:
+                if exc.error.code == jsonrpc.METHOD_NOT_FOUND:
+                    continue
+                self._lost.set()
+                return
+
+    async def _listen_modern(self, client: Client) -> None:
+        caps = client.server_capabilities
+        tools = bool(caps.tools and caps.tools.list_changed)
+        prompts = bool(caps.prompts and caps.prompts.list_changed)
+        resources = bool(caps.resources and caps.resources.list_changed)
+        if not (tools or prompts or resources):
+            return
+        try:
+            async with client.listen(
+                tools_list_changed=tools, prompts_list_changed=prompts, resources_list_changed=resources
+            ) as sub:
+                async for _event in sub:
+                    if self._on_list_changed is not None:
+                        self._on_list_changed()
+        except Exception as exc:  # the server may not serve listen after all; polling is not worth it
+            log.info("backing server has no usable subscriptions/listen", server=self.name, error=repr(exc))
+
+    # -- what the server sends outside responses ---------------------------------
+    async def _on_message(self, message: types.ServerNotification | Exception) -> None:
+        if self._on_list_changed is not None and isinstance(
+            message,
+            types.ToolListChangedNotification
+            | types.PromptListChangedNotification
+            | types.ResourceListChangedNotification,
+        ):
+            self._on_list_changed()
+
+    def _sole_call(self) -> CallHooks | None:
+        return next(iter(self.in_flight.values())) if len(self.in_flight) == 1 else None
+
+    async def _on_log(self, params: types.LoggingMessageNotificationParams) -> None:
+        call = self._sole_call()
+        if call is not None and call.sink is not None and jsonrpc.level_allows(call.log_level, params.level):
+            await call.sink("notifications/message", params.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+    async def _ask_front(self, method: str, params: BaseModel) -> dict[str, Any] | types.ErrorData:
+        call = self._sole_call()
+        if call is None or call.ask is None:
+            reason = "no call in flight" if not self.in_flight else "several calls in flight on one backing session"
+            return types.ErrorData(code=jsonrpc.INTERNAL_ERROR, message=f"fedmcp cannot route {method}: {reason}")
+        try:
+            return await call.ask(method, params.model_dump(mode="json", by_alias=True, exclude_none=True))
+        except MCPError as exc:
+            return exc.error
+        except Exception as exc:  # the bus or the client failed to answer: the server gets an error, not a hang
+            log.info("server-to-client request got no answer", server=self.name, method=method, error=repr(exc))
+            return types.ErrorData(code=jsonrpc.INTERNAL_ERROR, message=f"the client did not answer {method}")
+
+    async def _on_sampling(
+        self, context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
+        answer = await self._ask_front("sampling/createMessage", params)
+        if isinstance(answer, types.ErrorData):
+            return answer
+        if isinstance(answer.get("content"), list):
+            return types.CreateMessageResultWithTools.model_validate(answer)
+        return types.CreateMessageResult.model_validate(answer)
+
+    async def _on_elicitation(
+        self, context: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult | types.ErrorData:
+        answer = await self._ask_front("elicitation/create", params)
+        return answer if isinstance(answer, types.ErrorData) else types.ElicitResult.model_validate(answer)
+
+    async def _on_list_roots(self, context: ClientRequestContext) -> types.ListRootsResult | types.ErrorData:
+        answer = await self._ask_front("roots/list", types.RequestParams())
+        return answer if isinstance(answer, types.ErrorData) else types.ListRootsResult.model_validate(answer)
+
+    # -- requests -----------------------------------------------------------------
+    async def send(
+        self,
+        method: str,
+        params: dict[str, Any] | None,
+        *,
+        timeout: float,
+        wait_ready: float,
+        hooks: CallHooks,
+        progress: ProgressFnT | None,
+        capabilities: Mapping[str, Any] | None,
+        maps: HeaderMaps,
+    ) -> dict[str, Any]:
+        """One request on this session; MCPError for the server's errors, BackendUnavailable when down."""
+        client = self.client
+        if client is None:
+            with anyio.move_on_after(max(0.0, wait_ready)):
+                await self.wait_ready()
+            client = self.client
+            if client is None:
+                raise BackendUnavailable(self.state)
+        self._ids += 1
+        call_id = self._ids
+        self.in_flight[call_id] = hooks
+        try:
+            if client.protocol_version in MODERN_PROTOCOL_VERSIONS and capabilities is not None:
+                return await send_modern(
+                    client,
+                    method,
+                    params,
+                    timeout=timeout,
+                    progress=progress,
+                    capabilities=capabilities,
+                    log_level=hooks.log_level if hooks.sink is not None else None,
+                    maps=maps,
+                )
+            return await raw_request(client, method, params, timeout=timeout, progress=progress)
+        except MCPError as exc:
+            if exc.error.code == jsonrpc.CONNECTION_CLOSED_SDK:
+                self._lost.set()
+                raise BackendUnavailable("crashed") from exc
+            raise
+        except ValidationError as exc:
+            log.warning("backing server returned an invalid result", server=self.name, method=method)
+            raise MCPError(
+                code=jsonrpc.INTERNAL_ERROR, message=f"server {self.name!r} returned an invalid {method} result"
+            ) from exc
+        finally:
+            del self.in_flight[call_id]
+
+
+async def raw_request(
+    client: Client,
+    method: str,
+    params: dict[str, Any] | None,
+    *,
+    timeout: float,
+    progress: ProgressFnT | None = None,
+) -> dict[str, Any]:
+    """A request through the SDK's public path (its own envelope), result kept as plain JSON."""
+    request = types.Request[dict[str, Any] | None, str](method=method, params=params)
+    result = await client.session.send_request(
+        request, jsonrpc.RawResult, request_read_timeout_seconds=timeout, progress_callback=progress
+    )
+    return result.root
