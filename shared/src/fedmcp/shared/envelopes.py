@@ -27,9 +27,10 @@ class Catalog(msgspec.Struct, kw_only=True):
     resources: list[JSON] = msgspec.field(default_factory=list)
     resource_templates: list[JSON] = msgspec.field(default_factory=list)
     prompts: list[JSON] = msgspec.field(default_factory=list)
-    list_changes: int = 0
-    """list_changed notifications the backing server has sent; a change the lists do not
-    show (an item added and removed again) still reaches clients as list_changed."""
+    list_changes: dict[str, int] = msgspec.field(default_factory=dict)
+    """list_changed notifications the backing server has sent, per kind ("tools", "prompts",
+    "resources"); a change the lists do not show (an item added and removed again) still
+    reaches clients as list_changed."""
 
     def digest(self) -> str:
         """Content hash; replicas of one server announce equal catalogs."""

@@ -23,6 +23,12 @@ Listener = Callable[[frozenset[str]], Awaitable[None]]
 
 def changed_kinds(old: RoutingTable, new: RoutingTable) -> frozenset[str]:
     kinds = set()
+    for server, entry in new.servers.items():
+        before = old.servers.get(server)
+        if before is not None:
+            for kind, count in entry.catalog.list_changes.items():
+                if count != before.catalog.list_changes.get(kind, 0):
+                    kinds.add(kind)
     if old.tool_list != new.tool_list:
         kinds.add("tools")
     if old.prompt_list != new.prompt_list:

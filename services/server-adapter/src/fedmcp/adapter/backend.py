@@ -55,7 +55,7 @@ class Backend:
         )
         self._legacy: BackingConnection | None = None
         self._relist = anyio.Event()
-        self._list_changes = 0
+        self._list_changes: dict[str, int] = {}
         self._tg: TaskGroup | None = None
         self.catalog: Catalog | None = None
         self._maps: HeaderMaps = {}
@@ -74,13 +74,13 @@ class Backend:
         await self.primary.wait_ready()
 
     # -- catalog ------------------------------------------------------------------
-    def _list_changed(self) -> None:
-        self._list_changes += 1
+    def _list_changed(self, kind: str) -> None:
+        self._list_changes[kind] = self._list_changes.get(kind, 0) + 1
         self._relist.set()
 
     async def _publish_catalog(self, client: Client) -> None:
         catalog = await read_catalog(self.name, client)
-        catalog.list_changes = self._list_changes
+        catalog.list_changes = dict(self._list_changes)
         self.catalog = catalog
         self._maps = header_maps(catalog.tools)
         await self._on_catalog(catalog)

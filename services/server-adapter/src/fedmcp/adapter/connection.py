@@ -45,6 +45,15 @@ Asker = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 """Sends a server-to-client request (method, params) to the front client; returns its result or raises MCPError."""
 
 
+LIST_NOTIFICATION_KINDS: dict[type, str] = {
+    types.ToolListChangedNotification: "tools",
+    types.PromptListChangedNotification: "prompts",
+    types.ResourceListChangedNotification: "resources",
+}
+LIST_EVENT_KINDS = {"ToolsListChanged": "tools", "PromptsListChanged": "prompts", "ResourcesListChanged": "resources"}
+"""`subscriptions/listen` event classes (mcp.shared.subscriptions) by name."""
+
+
 @dataclass
 class CallHooks:
     """How one in-flight call reaches back to its front client."""
@@ -66,7 +75,7 @@ class BackingConnection:
         mode: str,
         *,
         on_connected: Callable[[Client], Awaitable[None]] | None = None,
-        on_list_changed: Callable[[], None] | None = None,
+        on_list_changed: Callable[[str], None] | None = None,
         once: bool = False,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
@@ -215,21 +224,18 @@ class BackingConnection:
             async with client.listen(
                 tools_list_changed=tools, prompts_list_changed=prompts, resources_list_changed=resources
             ) as sub:
-                async for _event in sub:
-                    if self._on_list_changed is not None:
-                        self._on_list_changed()
+                async for event in sub:
+                    kind = LIST_EVENT_KINDS.get(type(event).__name__)
+                    if kind is not None and self._on_list_changed is not None:
+                        self._on_list_changed(kind)
         except Exception as exc:  # the server may not serve listen after all; polling is not worth it
             log.info("backing server has no usable subscriptions/listen", server=self.name, error=repr(exc))
 
     # -- what the server sends outside responses ---------------------------------
     async def _on_message(self, message: types.ServerNotification | Exception) -> None:
-        if self._on_list_changed is not None and isinstance(
-            message,
-            types.ToolListChangedNotification
-            | types.PromptListChangedNotification
-            | types.ResourceListChangedNotification,
-        ):
-            self._on_list_changed()
+        kind = LIST_NOTIFICATION_KINDS.get(type(message))
+        if kind is not None and self._on_list_changed is not None:
+            self._on_list_changed(kind)
 
     def _sole_call(self) -> CallHooks | None:
         return next(iter(self.in_flight.values())) if len(self.in_flight) == 1 else None
