@@ -23,6 +23,10 @@ class BackingServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     prefix: str | None = None
     """Tool and prompt name prefix; default the server name, "" for none."""
+    era_companion: bool | None = None
+    """Open a second, handshake-era session for handshake-era clients of a 2026-07-28 session.
+    Default: on for HTTP servers (one server, two sessions), off for stdio servers, where it
+    would mean a second process with its own state."""
     era: str = "auto"
     """How the adapter negotiates: "auto" (server/discover, else initialize), "legacy"
     (initialize only) or a 2026-07-28+ version to pin."""

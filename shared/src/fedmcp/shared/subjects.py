@@ -77,6 +77,13 @@ class Subjects:
     def goodbye_all(self) -> str:
         return f"{self.prefix}.evt.goodbye.*.*"
 
+    def resource_updated(self, server: str) -> str:
+        """A subscribed resource of `server` changed; the payload is its URI. Every edge listens."""
+        return f"{self.prefix}.evt.resource.{server}"
+
+    def resource_updated_all(self) -> str:
+        return f"{self.prefix}.evt.resource.*"
+
     def catalog_changed(self, server: str) -> str:
         """Published by the manager when a server's catalog changes."""
         return f"{self.prefix}.evt.catalog.{server}"

@@ -51,11 +51,13 @@ async def edge_runtime(
         view = CatalogView(kv)
         upstream = Upstream(nc, subjects, edge_id, accept_timeout=accept_timeout, request_timeout=request_timeout)
         await upstream.start()
+        federated = FederatedServer(view, upstream)
+        await federated.subscriptions.start(subjects)
         async with anyio.create_task_group() as tg:
             await tg.start(view.run)
             with anyio.fail_after(10):
                 await view.loaded.wait()
-            yield Edge(nc, view, upstream, FederatedServer(view, upstream), edge_id)
+            yield Edge(nc, view, upstream, federated, edge_id)
             tg.cancel_scope.cancel()
     finally:
         with anyio.move_on_after(5, shield=True):

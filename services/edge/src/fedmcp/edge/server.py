@@ -17,6 +17,7 @@ import structlog
 from fedmcp.edge.catalog import CatalogView
 from fedmcp.edge.pagination import page
 from fedmcp.edge.request_state import SEALED_PREFIX, InvalidState, Sealer
+from fedmcp.edge.subscriptions import EdgeSubscriptions, ListenWithResources
 from fedmcp.edge.upstream import Upstream
 from fedmcp.shared import jsonrpc
 from mcp.server import Server, ServerRequestContext
@@ -130,6 +131,7 @@ class FederatedServer:
         self.sealer = sealer or Sealer()
         self.upstream = upstream
         self.events = InMemorySubscriptionBus()
+        self.subscriptions = EdgeSubscriptions(view, upstream, self.events)
         self._legacy_sessions: dict[int, ServerSession] = {}
         self._log_levels: dict[int, str] = {}
         self.server: Server[Any] = Server(
@@ -146,7 +148,9 @@ class FederatedServer:
             on_get_prompt=self.get_prompt,
             on_completion=self.complete,
             on_set_logging_level=self.set_logging_level,
-            on_subscriptions_listen=ListenHandler(self.events),
+            on_subscriptions_listen=ListenWithResources(ListenHandler(self.events), self.subscriptions),
+            on_subscribe_resource=self.subscribe_resource,
+            on_unsubscribe_resource=self.unsubscribe_resource,
             # Results without hints get the safe defaults: never cached, never shared.
             cache_hints={
                 "tools/list": NO_CACHE,
@@ -371,6 +375,24 @@ class FederatedServer:
         if route is None:
             raise resource_not_found(ctx, uri)
         return await self._forward(ctx, route.server, "resources/read", forward_params(ctx))
+
+    async def subscribe_resource(
+        self, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
+    ) -> types.EmptyResult:
+        self._remember(ctx)
+        key = self.subscriptions.key_for(str(params.uri))
+        if key is None:
+            raise resource_not_found(ctx, str(params.uri))
+        await self.subscriptions.add_session(key, id(ctx.session.client_params), ctx.session)
+        return types.EmptyResult()
+
+    async def unsubscribe_resource(
+        self, ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams
+    ) -> types.EmptyResult:
+        key = self.subscriptions.key_for(str(params.uri))
+        if key is not None:
+            await self.subscriptions.remove_session(key, id(ctx.session.client_params))
+        return types.EmptyResult()
 
     async def complete(self, ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams) -> Any:
         self._remember(ctx)

@@ -1,12 +1,13 @@
 """The adapter's view of its backing server: sessions per protocol era, the catalog, and requests.
 
 The primary session is negotiated in the configured era (default "auto":
-the newest the server speaks). When a handshake-era client calls a server
-whose primary session is 2026-07-28, the adapter opens a second,
+the newest the server speaks). When a handshake-era client calls an HTTP
+server whose primary session is 2026-07-28, the adapter opens a second,
 handshake-era session to the same server if it accepts one, so the server
 sees the protocol its client speaks (legacy-only APIs such as mid-call
-sampling keep working). Servers that speak only one era get translation at
-the edge instead.
+sampling keep working). A stdio server gets no such companion by default:
+it would be a second process with state of its own. Otherwise the edge
+translates between the eras.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fedmcp.adapter.connection import (
     raw_request,
 )
 from fedmcp.adapter.envelope import HeaderMaps, header_maps
+from fedmcp.adapter.subscriptions import ResourceSubscriptions
 from fedmcp.shared.config import BackingServer
 from fedmcp.shared.envelopes import Catalog
 from mcp import Client
@@ -46,12 +48,25 @@ LIST_METHODS = {
 
 
 class Backend:
-    def __init__(self, name: str, config: BackingServer, on_catalog: Callable[[Catalog], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: BackingServer,
+        on_catalog: Callable[[Catalog], Awaitable[None]],
+        on_resource_updated: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self.name = name
         self.config = config
         self._on_catalog = on_catalog
+        self.subscriptions = ResourceSubscriptions(name, on_resource_updated or _ignore)
         self.primary = BackingConnection(
-            name, config, config.era, on_connected=self._publish_catalog, on_list_changed=self._list_changed
+            name,
+            config,
+            config.era,
+            on_connected=self._publish_catalog,
+            on_list_changed=self._list_changed,
+            on_resource_updated=self.subscriptions.updated,
+            on_session=self._resubscribe,
         )
         self._legacy: BackingConnection | None = None
         self._relist = anyio.Event()
@@ -102,20 +117,47 @@ class Backend:
             tg.start_soon(self.primary.run)
             tg.start_soon(self._relister)
 
+    # -- resource subscriptions (ref-counted across edges) --------------------------
+    async def _resubscribe(self, client: Client) -> None:
+        """A new primary session: restore the subscriptions the old one held, then keep them."""
+        if client.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS:
+            for uri in list(self.subscriptions.counts):
+                await raw_request(client, "resources/subscribe", {"uri": uri}, timeout=10)
+            return
+        await self.subscriptions.listen_modern(client)
+
+    async def subscribe(self, uri: str, *, unsubscribe: bool, wait_ready: float) -> dict[str, Any]:
+        with anyio.move_on_after(max(0.0, wait_ready)):
+            await self.primary.wait_ready()
+        client = self.primary.client
+        if client is None:
+            raise BackendUnavailable(self.primary.state)
+        if unsubscribe:
+            await self.subscriptions.unsubscribe(client, uri)
+        else:
+            await self.subscriptions.subscribe(client, uri)
+        return {}
+
     # -- requests -------------------------------------------------------------------
     async def _session_for(self, front_version: str | None) -> BackingConnection:
         """The primary session, or for a handshake-era client of a 2026-07-28 session the
         handshake-era companion (opened on first use), when the server accepts one."""
         primary = self.primary
+        companion = self.config.era_companion
+        if companion is None:
+            companion = self.config.url is not None
         if (
-            front_version not in HANDSHAKE_PROTOCOL_VERSIONS
+            not companion
+            or front_version not in HANDSHAKE_PROTOCOL_VERSIONS
             or primary.protocol_version not in MODERN_PROTOCOL_VERSIONS
             or self.config.era != "auto"
         ):
             return primary
         if self._legacy is None:
             assert self._tg is not None
-            self._legacy = BackingConnection(self.name, self.config, "legacy", once=True)
+            self._legacy = BackingConnection(
+                self.name, self.config, "legacy", once=True, on_resource_updated=self.subscriptions.updated
+            )
             self._tg.start_soon(self._legacy.run)
         with anyio.move_on_after(15):
             await self._legacy.wait_ready()
@@ -154,6 +196,10 @@ class Backend:
             capabilities=capabilities,
             maps=self._maps,
         )
+
+
+async def _ignore(uri: str) -> None:
+    pass
 
 
 def take_progress(params: dict[str, Any] | None, sink: Sink | None) -> tuple[dict[str, Any] | None, ProgressFnT | None]:

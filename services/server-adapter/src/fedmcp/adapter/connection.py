@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +76,8 @@ class BackingConnection:
         *,
         on_connected: Callable[[Client], Awaitable[None]] | None = None,
         on_list_changed: Callable[[str], None] | None = None,
+        on_resource_updated: Callable[[str], Awaitable[None]] | None = None,
+        on_session: Callable[[Client], Coroutine[Any, Any, None]] | None = None,
         once: bool = False,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
@@ -87,6 +89,8 @@ class BackingConnection:
         self.mode = mode
         self._on_connected = on_connected
         self._on_list_changed = on_list_changed
+        self._on_resource_updated = on_resource_updated
+        self._on_session = on_session
         self._once = once
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
@@ -183,6 +187,8 @@ class BackingConnection:
                     tg.start_soon(self._probe, client)
                     if client.protocol_version in MODERN_PROTOCOL_VERSIONS:
                         tg.start_soon(self._listen_modern, client)
+                    if self._on_session is not None:
+                        tg.start_soon(self._on_session, client)
                     await self._lost.wait()
                     tg.cancel_scope.cancel()
         if scope.cancelled_caught and not connected:
@@ -233,9 +239,14 @@ class BackingConnection:
 
     # -- what the server sends outside responses ---------------------------------
     async def _on_message(self, message: types.ServerNotification | Exception) -> None:
+        # On 2026-07-28 sessions these also arrive on the listen streams, which are the source there.
+        if self.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return
         kind = LIST_NOTIFICATION_KINDS.get(type(message))
         if kind is not None and self._on_list_changed is not None:
             self._on_list_changed(kind)
+        if isinstance(message, types.ResourceUpdatedNotification) and self._on_resource_updated is not None:
+            await self._on_resource_updated(str(message.params.uri))
 
     def _sole_call(self) -> CallHooks | None:
         return next(iter(self.in_flight.values())) if len(self.in_flight) == 1 else None

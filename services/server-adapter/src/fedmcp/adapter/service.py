@@ -40,6 +40,8 @@ SERVED_METHODS = frozenset(
         "prompts/get",
         "prompts/list",
         "completion/complete",
+        "resources/subscribe",
+        "resources/unsubscribe",
     }
 )
 
@@ -101,7 +103,7 @@ class Adapter:
             state="starting",
             settings=ServerSettings(prefix=config.prefix),
         )
-        self.backend = Backend(name, config, self._catalog_changed)
+        self.backend = Backend(name, config, self._catalog_changed, self._resource_updated)
         self._inflight = 0
         self._idle = anyio.Event()
         self._idle.set()
@@ -130,6 +132,9 @@ class Adapter:
         self.instance.inflight = self._inflight
         body = envelopes.encode(Announce(instance=self.instance, catalog=self.backend.catalog))
         await self.nc.publish(self.subjects.announce(self.name, self.instance.instance), body, headers=headers.base())
+
+    async def _resource_updated(self, uri: str) -> None:
+        await self.nc.publish(self.subjects.resource_updated(self.name), uri.encode(), headers=headers.base())
 
     async def _heartbeats(self) -> None:
         while True:
@@ -300,7 +305,13 @@ class Adapter:
             return result
 
         try:
-            result: dict[str, Any] = await self.backend.request(
+            if request.method in ("resources/subscribe", "resources/unsubscribe"):
+                uri = str((request.params or {}).get("uri", ""))
+                result: dict[str, Any] = await self.backend.subscribe(
+                    uri, unsubscribe=request.method.endswith("unsubscribe"), wait_ready=min(left, self.restart_wait)
+                )
+                return jsonrpc.encode_result(rid, result)
+            result = await self.backend.request(
                 request.method,
                 request.params,
                 timeout=left,
