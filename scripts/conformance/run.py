@@ -215,6 +215,9 @@ def federation_toml(backing: str, data_dir: Path, edge_port: int, backing_url: s
         lines.append(f"era = {json.dumps(era)}")
     if backing == "stdio":
         lines += [
+            # The everything-server is dual-era and its legacy-only tools (mid-call sampling,
+            # elicitation) need a handshake-era session: give each client era its own process.
+            "era_companion = true",
             f"command = {json.dumps(str(VENV_PY))}",
             f"args = {json.dumps(STDIO_ARGS)}",
             f"cwd = {json.dumps(str(PE))}",
