@@ -124,3 +124,27 @@ def test_example_config_and_mcp_json(tmp_path: Path) -> None:
 def test_nats_configs_are_valid(conf: Path) -> None:
     result = subprocess.run([binary(), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr + result.stdout
+
+
+@pytest.mark.anyio
+async def test_event_store_replays_one_stream_after_an_id() -> None:
+    import mcp_types as types
+    from fedmcp.edge.event_store import MemoryEventStore
+
+    store = MemoryEventStore(max_events=5, max_per_stream=3)
+
+    def note(n: int) -> types.JSONRPCNotification:
+        return types.JSONRPCNotification(jsonrpc="2.0", method="notifications/message", params={"n": n})
+
+    prime = await store.store_event("s1", None)
+    ids = [await store.store_event("s1", note(n)) for n in range(3)]
+    await store.store_event("s2", note(99))
+    replayed: list[object] = []
+
+    async def send(event: object) -> None:
+        replayed.append(event)
+
+    assert await store.replay_events_after(ids[0], send) == "s1"
+    assert [e.message.params for e in replayed] == [{"n": 1}, {"n": 2}]  # type: ignore[attr-defined]
+    assert await store.replay_events_after(prime, send) is None  # evicted: at most 3 per stream
+    assert await store.replay_events_after("no-such-id", send) is None

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import anyio
 import uvicorn
+from fedmcp.edge.event_store import MemoryEventStore
 from fedmcp.edge.guard import JsonRpcGuard
 from fedmcp.edge.runtime import Edge
 from fedmcp.shared import chunks
@@ -18,6 +19,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+RETRY_MS = 1000
+"""SSE `retry` hint for handshake-era clients whose stream was closed for polling."""
 
 
 def build_app(edge: Edge, *, host: str, path: str = "/mcp", max_body_bytes: int = chunks.DEFAULT_LIMIT) -> Starlette:
@@ -41,6 +44,8 @@ def build_app(edge: Edge, *, host: str, path: str = "/mcp", max_body_bytes: int 
         host=host,
         transport_security=security,
         max_request_body_size=max_body_bytes,
+        event_store=MemoryEventStore(),
+        retry_interval=RETRY_MS,
         custom_starlette_routes=[Route("/healthz", healthz), Route("/readyz", readyz)],
     )
     app.add_middleware(JsonRpcGuard, path=path, max_body_bytes=max_body_bytes)

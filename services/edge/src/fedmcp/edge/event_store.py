@@ -1,0 +1,56 @@
+"""Resumability for handshake-era SSE streams: event ids and `Last-Event-ID` replay.
+
+In memory and bounded: each edge keeps the most recent events of its own
+streams, so a client that reconnects to the same edge loses nothing that is
+still held. (Across edge replicas a JetStream-backed store is the next step.)
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict, deque
+
+from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
+from mcp_types import JSONRPCMessage
+
+MAX_EVENTS = 10_000
+MAX_PER_STREAM = 1_000
+
+
+class MemoryEventStore(EventStore):
+    def __init__(self, *, max_events: int = MAX_EVENTS, max_per_stream: int = MAX_PER_STREAM) -> None:
+        self._max_events = max_events
+        self._max_per_stream = max_per_stream
+        self._seq = itertools.count(1)
+        self._events: OrderedDict[EventId, tuple[StreamId, JSONRPCMessage | None]] = OrderedDict()
+        self._streams: dict[StreamId, deque[EventId]] = {}
+
+    async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+        event_id = f"{next(self._seq)}"
+        self._events[event_id] = (stream_id, message)
+        stream = self._streams.setdefault(stream_id, deque())
+        stream.append(event_id)
+        if len(stream) > self._max_per_stream:
+            self._events.pop(stream.popleft(), None)
+        while len(self._events) > self._max_events:
+            old_id, (old_stream, _) = self._events.popitem(last=False)
+            ids = self._streams.get(old_stream)
+            if ids and ids[0] == old_id:
+                ids.popleft()
+                if not ids:
+                    del self._streams[old_stream]
+        return event_id
+
+    async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
+        found = self._events.get(last_event_id)
+        if found is None:
+            return None
+        stream_id = found[0]
+        after = int(last_event_id)
+        for event_id in list(self._streams.get(stream_id, ())):
+            if int(event_id) <= after:
+                continue
+            message = self._events.get(event_id, (stream_id, None))[1]
+            if message is not None:  # priming events carry no message
+                await send_callback(EventMessage(message, event_id))
+        return stream_id
