@@ -10,6 +10,7 @@ import anyio
 import uvicorn
 from fedmcp.edge.event_store import MemoryEventStore
 from fedmcp.edge.guard import JsonRpcGuard
+from fedmcp.edge.legacy_sse import legacy_sse_routes
 from fedmcp.edge.runtime import Edge
 from fedmcp.shared import chunks
 from mcp.server.transport_security import TransportSecuritySettings
@@ -34,8 +35,13 @@ def build_app(edge: Edge, *, host: str, path: str = "/mcp", max_body_bytes: int 
             status_code=200 if ready else 503,
         )
 
-    security = None
-    if host not in LOOPBACK:
+    if host in LOOPBACK:
+        security = TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
+            allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+        )
+    else:
         # Behind a load balancer the Host header is the public name; operators
         # restrict origins there. DNS-rebinding checks stay on for loopback.
         security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
@@ -46,7 +52,11 @@ def build_app(edge: Edge, *, host: str, path: str = "/mcp", max_body_bytes: int 
         max_request_body_size=max_body_bytes,
         event_store=MemoryEventStore(),
         retry_interval=RETRY_MS,
-        custom_starlette_routes=[Route("/healthz", healthz), Route("/readyz", readyz)],
+        custom_starlette_routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            *legacy_sse_routes(edge.federated, security=security, max_body_bytes=max_body_bytes),
+        ],
     )
     app.add_middleware(JsonRpcGuard, path=path, max_body_bytes=max_body_bytes)
     return app
