@@ -23,9 +23,9 @@ from fedmcp.shared.natsserver import NatsServer
 SERVERS = Path(__file__).parent / "servers"
 
 
-def python_server(script: str, **kw: Any) -> BackingServer:
+def python_server(script: str, *, args_extra: list[str] | None = None, **kw: Any) -> BackingServer:
     """A backing server run by this interpreter from tests/servers."""
-    return BackingServer(command=sys.executable, args=[str(SERVERS / script)], **kw)
+    return BackingServer(command=sys.executable, args=[str(SERVERS / script), *(args_extra or [])], **kw)
 
 
 def demo_server(**kw: Any) -> BackingServer:

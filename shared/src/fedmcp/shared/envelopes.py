@@ -14,6 +14,29 @@ import msgspec
 JSON = dict[str, Any]
 
 
+class Freshness(msgspec.Struct, frozen=True):
+    """A 2026-07-28 caching hint (`ttlMs`, `cacheScope`). Absent hints read as "0 ms, private"."""
+
+    ttl_ms: int = 0
+    scope: str = "private"
+
+    @classmethod
+    def of(cls, result: JSON) -> Freshness:
+        ttl = result.get("ttlMs")
+        scope = result.get("cacheScope")
+        return cls(ttl if isinstance(ttl, int) and ttl >= 0 else 0, "public" if scope == "public" else "private")
+
+    def wire(self) -> JSON:
+        return {"ttlMs": self.ttl_ms, "cacheScope": self.scope}
+
+
+def combine(a: Freshness | None, b: Freshness) -> Freshness:
+    """Hints of parts of one aggregated result: the shortest lifetime; private if any part is."""
+    if a is None:
+        return b
+    return Freshness(min(a.ttl_ms, b.ttl_ms), "public" if a.scope == b.scope == "public" else "private")
+
+
 class Catalog(msgspec.Struct, kw_only=True):
     """Everything a backing server offers, read page by page by its adapter."""
 
@@ -27,6 +50,8 @@ class Catalog(msgspec.Struct, kw_only=True):
     resources: list[JSON] = msgspec.field(default_factory=list)
     resource_templates: list[JSON] = msgspec.field(default_factory=list)
     prompts: list[JSON] = msgspec.field(default_factory=list)
+    cache: dict[str, Freshness] = msgspec.field(default_factory=dict)
+    """Caching hints the server gave for each list ("tools", "resources", ...); none from handshake-era servers."""
     list_changes: dict[str, int] = msgspec.field(default_factory=dict)
     """list_changed notifications the backing server has sent, per kind ("tools", "prompts",
     "resources"); a change the lists do not show (an item added and removed again) still

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedmcp.shared.envelopes import JSON, CatalogEntry
+from fedmcp.shared.envelopes import JSON, CatalogEntry, Freshness, combine
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
 NAME_MAX = 64
@@ -54,6 +54,8 @@ class RoutingTable:
     template_list: list[JSON] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     servers: dict[str, CatalogEntry] = field(default_factory=dict)
+    cache: dict[str, Freshness] = field(default_factory=dict)
+    """Per merged list: the combined hints of every server that contributes to it."""
     version: str = ""
     """Changes whenever any catalog changes; binds pagination cursors."""
 
@@ -140,5 +142,15 @@ def build(entries: Mapping[str, CatalogEntry]) -> RoutingTable:
                 continue
             t.templates.append((parsed, Route(server, raw)))
             t.template_list.append(tmpl)
+    for server_entry in t.servers.values():
+        cat = server_entry.catalog
+        for key, items in (
+            ("tools", cat.tools),
+            ("prompts", cat.prompts),
+            ("resources", cat.resources),
+            ("resourceTemplates", cat.resource_templates),
+        ):
+            if items:
+                t.cache[key] = combine(t.cache.get(key), cat.cache.get(key, Freshness()))
     t.version = _short_hash(*(f"{s}:{e.digest}:{e.settings.prefix}" for s, e in sorted(entries.items())))
     return t

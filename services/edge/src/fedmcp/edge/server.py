@@ -20,6 +20,7 @@ from fedmcp.edge.request_state import SEALED_PREFIX, InvalidState, Sealer
 from fedmcp.edge.subscriptions import EdgeSubscriptions, ListenWithResources
 from fedmcp.edge.upstream import Upstream
 from fedmcp.shared import jsonrpc
+from fedmcp.shared.envelopes import Freshness
 from mcp.server import Server, ServerRequestContext
 from mcp.server.caching import CacheHint
 from mcp.server.lowlevel.server import NotificationOptions
@@ -201,31 +202,39 @@ class FederatedServer:
     def _cursor(self, params: types.PaginatedRequestParams | None) -> str | None:
         return params.cursor if params is not None else None
 
+    def _listed(self, ctx: ServerRequestContext[Any, Any], key: str, items: list[Any], nxt: str | None) -> Params:
+        result: Params = {key: items}
+        if nxt:
+            result["nextCursor"] = nxt
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            result.update(self.view.table.cache.get(key, Freshness()).wire())
+        return _complete(ctx, result)
+
     async def list_tools(self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None) -> Any:
         self._remember(ctx)
         items, nxt = page(self.view.table.tool_list, self._cursor(params), "tools")
-        return _complete(ctx, {"tools": items, "nextCursor": nxt} if nxt else {"tools": items})
+        return self._listed(ctx, "tools", items, nxt)
 
     async def list_prompts(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> Any:
         self._remember(ctx)
         items, nxt = page(self.view.table.prompt_list, self._cursor(params), "prompts")
-        return _complete(ctx, {"prompts": items, "nextCursor": nxt} if nxt else {"prompts": items})
+        return self._listed(ctx, "prompts", items, nxt)
 
     async def list_resources(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> Any:
         self._remember(ctx)
         items, nxt = page(self.view.table.resource_list, self._cursor(params), "resources")
-        return _complete(ctx, {"resources": items, "nextCursor": nxt} if nxt else {"resources": items})
+        return self._listed(ctx, "resources", items, nxt)
 
     async def list_resource_templates(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> Any:
         self._remember(ctx)
         items, nxt = page(self.view.table.template_list, self._cursor(params), "templates")
-        return _complete(ctx, {"resourceTemplates": items, "nextCursor": nxt} if nxt else {"resourceTemplates": items})
+        return self._listed(ctx, "resourceTemplates", items, nxt)
 
     # -- routed requests: over the bus ----------------------------------------
     def _log_level(self, ctx: ServerRequestContext[Any, Any]) -> str | None:

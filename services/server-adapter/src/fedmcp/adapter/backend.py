@@ -29,7 +29,7 @@ from fedmcp.adapter.connection import (
 from fedmcp.adapter.envelope import HeaderMaps, header_maps
 from fedmcp.adapter.subscriptions import ResourceSubscriptions
 from fedmcp.shared.config import BackingServer
-from fedmcp.shared.envelopes import Catalog
+from fedmcp.shared.envelopes import Catalog, Freshness, combine
 from mcp import Client
 from mcp.shared.dispatcher import ProgressFnT
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
@@ -237,6 +237,7 @@ async def read_catalog(name: str, client: Client) -> Catalog:
         "prompts/list": caps.prompts is not None,
     }
     lists: dict[str, list[dict[str, Any]]] = {}
+    hints: dict[str, Freshness] = {}
     for method, key in LIST_METHODS.items():
         items: list[dict[str, Any]] = []
         if offered[method]:
@@ -244,6 +245,7 @@ async def read_catalog(name: str, client: Client) -> Catalog:
             for _ in range(_MAX_PAGES):
                 page = await raw_request(client, method, {"cursor": cursor} if cursor else None, timeout=30)
                 items.extend(page.get(key) or [])
+                hints[key] = combine(hints.get(key), Freshness.of(page))
                 cursor = page.get("nextCursor")
                 if not cursor:
                     break
@@ -259,4 +261,5 @@ async def read_catalog(name: str, client: Client) -> Catalog:
         resources=lists["resources"],
         resource_templates=lists["resourceTemplates"],
         prompts=lists["prompts"],
+        cache=hints,
     )
