@@ -148,3 +148,16 @@ async def test_event_store_replays_one_stream_after_an_id() -> None:
     assert [e.message.params for e in replayed] == [{"n": 1}, {"n": 2}]  # type: ignore[attr-defined]
     assert await store.replay_events_after(prime, send) is None  # evicted: at most 3 per stream
     assert await store.replay_events_after("no-such-id", send) is None
+
+
+def test_edge_socket_is_tcp_so_asyncio_sets_nodelay() -> None:
+    """Regression: a proto-0 socket made every 2026-07-28 response wait ~40 ms on delayed ACKs."""
+    import socket
+
+    from fedmcp.edge.http import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
