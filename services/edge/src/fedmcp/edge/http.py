@@ -12,6 +12,7 @@ from fedmcp.edge.event_store import MemoryEventStore
 from fedmcp.edge.guard import JsonRpcGuard
 from fedmcp.edge.legacy_sse import legacy_sse_routes
 from fedmcp.edge.runtime import Edge
+from fedmcp.edge.tracecontext import TraceContext
 from fedmcp.shared import chunks
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
@@ -59,6 +60,7 @@ def build_app(edge: Edge, *, host: str, path: str = "/mcp", max_body_bytes: int 
         ],
     )
     app.add_middleware(JsonRpcGuard, path=path, max_body_bytes=max_body_bytes)
+    app.add_middleware(TraceContext)
     return app
 
 

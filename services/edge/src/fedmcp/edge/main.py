@@ -8,7 +8,7 @@ import anyio
 import click
 from fedmcp.edge.http import bind, serve_http
 from fedmcp.edge.runtime import edge_runtime
-from fedmcp.shared import chunks, logs
+from fedmcp.shared import chunks, logs, telemetry
 from fedmcp.shared.signals import stop_on_signals
 from fedmcp.shared.subjects import DEFAULT_PREFIX
 from mcp.server.stdio import stdio_server
@@ -41,6 +41,7 @@ def main(
 ) -> None:
     """Run an edge."""
     logs.configure("edge", region=region)
+    telemetry.configure("edge", region=region)
     if stdio:
         anyio.run(run_stdio, nats_url, prefix)
     else:

@@ -16,7 +16,7 @@ import anyio
 import msgspec
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from fedmcp.shared import chunks, headers, jsonrpc
+from fedmcp.shared import chunks, headers, jsonrpc, telemetry
 from fedmcp.shared.subjects import Subjects
 from mcp.shared.exceptions import MCPError
 from nats.aio.client import Client as NATS
@@ -165,7 +165,9 @@ class Upstream:
         async def send(reply: str) -> None:
             await self.nc.publish(self.subjects.rpc(server), payload, reply=reply, headers=hdrs)
 
-        return await self._exchange(server, send, timeout, on_notify, on_request, accepted=False, upload=pieces)
+        with telemetry.producer(telemetry.RPC_TEMPLATE, server):
+            telemetry.inject(hdrs)
+            return await self._exchange(server, send, timeout, on_notify, on_request, accepted=False, upload=pieces)
 
     async def resume(
         self,

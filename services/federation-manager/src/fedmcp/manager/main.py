@@ -8,7 +8,7 @@ import anyio
 import click
 import structlog
 from fedmcp.manager.registry import Registry
-from fedmcp.shared import buckets, bus, logs
+from fedmcp.shared import buckets, bus, logs, telemetry
 from fedmcp.shared.signals import stop_on_signals
 from fedmcp.shared.subjects import DEFAULT_PREFIX, Subjects
 
@@ -78,6 +78,7 @@ async def _serve(nats_url: str, prefix: str, evict_after: float) -> None:
 def main(nats_url: str, prefix: str, region: str, evict_after: float) -> None:
     """Run the federation manager."""
     logs.configure("manager", region=region)
+    telemetry.configure("manager", region=region)
     anyio.run(partial(_serve, nats_url, prefix, evict_after))
 
 

@@ -8,7 +8,7 @@ from functools import partial
 import anyio
 import click
 from fedmcp.adapter.service import Adapter
-from fedmcp.shared import bus, logs
+from fedmcp.shared import bus, logs, telemetry
 from fedmcp.shared.config import BackingServer, decode_server, load_toml
 from fedmcp.shared.signals import stop_on_signals
 from fedmcp.shared.subjects import Subjects
@@ -20,6 +20,7 @@ async def serve(
     adapter_nc = await bus.connect(nats_url, name=f"adapter-{name}")
     adapter = Adapter(adapter_nc, name, server, subjects=Subjects(prefix), region=region, heartbeat_interval=heartbeat)
     logs.configure("adapter", region=region, instance=adapter.instance.instance)
+    telemetry.configure("adapter", region=region, instance=adapter.instance.instance)
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(stop_on_signals, stop)

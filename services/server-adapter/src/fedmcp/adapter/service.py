@@ -20,7 +20,7 @@ import msgspec
 import structlog
 from anyio.abc import TaskGroup
 from fedmcp.adapter.backend import Backend, BackendUnavailable
-from fedmcp.shared import chunks, envelopes, headers, jsonrpc
+from fedmcp.shared import chunks, envelopes, headers, jsonrpc, telemetry
 from fedmcp.shared.config import BackingServer
 from fedmcp.shared.envelopes import Announce, Catalog, Heartbeat, Instance, ServerSettings
 from fedmcp.shared.subjects import Subjects
@@ -170,7 +170,10 @@ class Adapter:
 
     async def _serve(self, msg: Msg) -> None:
         try:
-            with anyio.CancelScope() as scope:
+            with (
+                telemetry.consumer(msg.headers, telemetry.RPC_TEMPLATE, self.name),
+                anyio.CancelScope() as scope,
+            ):
                 if msg.reply:
                     self._scopes[msg.reply] = scope
                 await self._serve_one(msg)

@@ -1,0 +1,100 @@
+"""Tracing: the standard `OTEL_*` environment configures export; trace context crosses NATS in headers.
+
+With no exporter configured nothing is installed and every span is a no-op.
+`OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-specific variable) turns on OTLP,
+over HTTP/protobuf by default or gRPC when `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`.
+The bus hop follows the OpenTelemetry messaging conventions with
+`messaging.system = nats` and the subject *template* as destination, so span
+names never carry server names or ids.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Span, SpanKind
+
+tracer = trace.get_tracer("fedmcp")
+
+RPC_TEMPLATE = "{prefix}.rpc.{server}"
+
+
+def _exporter() -> SpanExporter | None:
+    if os.environ.get("OTEL_TRACES_EXPORTER", "otlp") == "none":
+        return None
+    if not (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
+        return None
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+    )
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        return GrpcExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+    return HttpExporter()
+
+
+def configure(service: str, *, region: str = "local", instance: str = "") -> TracerProvider | None:
+    """Install a tracer provider exporting by OTLP when the environment asks for one."""
+    exporter = _exporter()
+    if exporter is None:
+        return None
+    resource = Resource.create(
+        {
+            "service.name": os.environ.get("OTEL_SERVICE_NAME", f"fedmcp-{service}"),
+            "service.instance.id": instance,
+            "cloud.region": region,
+        }
+    )
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def inject(headers: dict[str, str]) -> None:
+    """Write the current trace context (W3C traceparent/tracestate) into NATS headers."""
+    propagate.inject(headers)
+
+
+@contextmanager
+def producer(destination: str, server: str) -> Iterator[Span]:
+    with tracer.start_as_current_span(
+        f"send {destination}",
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": destination,
+            "fedmcp.server": server,
+        },
+    ) as span:
+        yield span
+
+
+@contextmanager
+def consumer(headers: Mapping[str, str] | None, destination: str, server: str) -> Iterator[Span]:
+    """A span continuing the sender's trace (made current, not copied, so SDK spans nest under it)."""
+    token = context.attach(propagate.extract(dict(headers or {})))
+    try:
+        with tracer.start_as_current_span(
+            f"process {destination}",
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": destination,
+                "fedmcp.server": server,
+            },
+        ) as span:
+            yield span
+    finally:
+        context.detach(token)
