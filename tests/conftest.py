@@ -13,12 +13,13 @@ import anyio
 import pytest
 from anyio.abc import TaskGroup
 from fedmcp.adapter.service import Adapter
-from fedmcp.edge.http import bind, serve_http
+from fedmcp.edge.http import serve_http
 from fedmcp.edge.runtime import Edge, edge_runtime
 from fedmcp.manager.main import run_manager
 from fedmcp.shared import bus
 from fedmcp.shared.config import BackingServer
 from fedmcp.shared.natsserver import NatsServer
+from fedmcp.shared.ops_http import bind
 
 SERVERS = Path(__file__).parent / "servers"
 

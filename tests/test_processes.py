@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import httpx2
 import msgspec
 import pytest
 from conftest import demo_server
@@ -46,6 +47,17 @@ def procs() -> Iterator[list[Proc]]:
         proc.stop()
 
 
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus series (labels given must match; others may be present)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        series, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in series for k, v in labels.items()):
+            return float(value)
+    raise AssertionError(f"no series {name} {labels}")
+
+
 def fedmcp(*args: str) -> list[str]:
     return [sys.executable, "-m", "fedmcp.cli.main", *args]
 
@@ -66,16 +78,16 @@ async def wait_for_tools(url: str, expected: set[str], mode: str = "auto", timeo
 async def test_three_separate_processes_both_eras_both_transports(
     nats_server: NatsServer, procs: list[Proc], tmp_path: Path
 ) -> None:
-    port = free_port()
+    port, manager_port, adapter_port = free_port(), free_port(), free_port()
     url = f"http://127.0.0.1:{port}/mcp"
     server_json = msgspec.json.encode(demo_server()).decode()
-    procs.append(Proc(fedmcp("manager", "--nats-url", nats_server.url), tmp_path / "manager.log"))
     procs.append(
         Proc(
-            fedmcp("adapter", "--nats-url", nats_server.url, "--name", "demo", "--server-json", server_json),
-            tmp_path / "adapter.log",
+            fedmcp("manager", "--nats-url", nats_server.url, "--http-port", str(manager_port)), tmp_path / "manager.log"
         )
     )
+    adapter_args = ["--name", "demo", "--server-json", server_json, "--http-port", str(adapter_port)]
+    procs.append(Proc(fedmcp("adapter", "--nats-url", nats_server.url, *adapter_args), tmp_path / "adapter.log"))
     procs.append(Proc(fedmcp("edge", "--nats-url", nats_server.url, "--port", str(port)), tmp_path / "edge.log"))
     await wait_for_tools(url, {"demo_add"})
     for mode in ("legacy", "2026-07-28"):
@@ -89,6 +101,23 @@ async def test_three_separate_processes_both_eras_both_transports(
         async with Client(stdio, mode=mode) as client:  # type: ignore[arg-type]
             result = await client.call_tool("demo_echo", {"text": mode})
             assert result.structured_content == {"result": mode}
+    # Every service reports health and the load it carried.
+    async with httpx2.AsyncClient(timeout=10) as http:
+        for ops_port in (port, manager_port, adapter_port):
+            assert (await http.get(f"http://127.0.0.1:{ops_port}/healthz")).status_code == 200
+            assert (await http.get(f"http://127.0.0.1:{ops_port}/readyz")).json()["ready"] is True
+        edge_metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+        adapter_metrics = (await http.get(f"http://127.0.0.1:{adapter_port}/metrics")).text
+        manager_metrics = (await http.get(f"http://127.0.0.1:{manager_port}/metrics")).text
+    assert (
+        metric(edge_metrics, "mcp_server_operation_duration_seconds_count", server="demo", tool="add", outcome="ok")
+        == 2
+    )
+    assert (
+        metric(adapter_metrics, "mcp_client_operation_duration_seconds_count", method="tools/call", outcome="ok") == 4
+    )
+    assert metric(adapter_metrics, "fedmcp_adapter_pool_size", server="demo") == 1
+    assert metric(manager_metrics, "fedmcp_registry_instances", server="demo") == 1
     # SIGTERM drains each service and exits cleanly.
     assert [p.stop() for p in reversed(procs)] == [0, 0, 0]
 

@@ -154,7 +154,7 @@ def test_edge_socket_is_tcp_so_asyncio_sets_nodelay() -> None:
     """Regression: a proto-0 socket made every 2026-07-28 response wait ~40 ms on delayed ACKs."""
     import socket
 
-    from fedmcp.edge.http import bind
+    from fedmcp.shared.ops_http import bind
 
     sock = bind("127.0.0.1", 0)
     try:

@@ -6,19 +6,24 @@ from typing import Any
 
 import nats
 import structlog
+from fedmcp.shared import metrics
 from nats.aio.client import Client as NATS
 
 log = structlog.get_logger("fedmcp.bus")
 
 
 async def connect(url: str, *, name: str, **options: Any) -> NATS:
+    service = name.split("-")[0]
+
     async def error_cb(exc: Exception) -> None:
+        metrics.BUS_ERRORS.labels(service).inc()
         log.warning("nats error", error=str(exc))
 
     async def disconnected_cb() -> None:
         log.warning("nats disconnected")
 
     async def reconnected_cb() -> None:
+        metrics.BUS_RECONNECTS.labels(service).inc()
         log.info("nats reconnected")
 
     settings: dict[str, Any] = {

@@ -15,12 +15,13 @@ import anyio
 import click
 import structlog
 from fedmcp.adapter.service import Adapter
-from fedmcp.edge.http import bind, serve_http
+from fedmcp.edge.http import serve_http
 from fedmcp.edge.runtime import edge_runtime
 from fedmcp.manager.main import run_manager
 from fedmcp.shared import bus
 from fedmcp.shared.config import Config
 from fedmcp.shared.natsserver import NatsServer, free_port
+from fedmcp.shared.ops_http import bind
 from fedmcp.shared.signals import stop_on_signals
 from fedmcp.shared.subjects import Subjects
 

@@ -6,9 +6,10 @@ from functools import partial
 
 import anyio
 import click
-from fedmcp.edge.http import bind, serve_http
+from fedmcp.edge.http import serve_http
 from fedmcp.edge.runtime import edge_runtime
 from fedmcp.shared import chunks, logs, telemetry
+from fedmcp.shared.ops_http import bind
 from fedmcp.shared.signals import stop_on_signals
 from fedmcp.shared.subjects import DEFAULT_PREFIX
 from mcp.server.stdio import stdio_server

@@ -9,6 +9,7 @@ the bus to the owning server's adapters.
 from __future__ import annotations
 
 import importlib.metadata
+import time
 from functools import partial
 from typing import Any
 
@@ -19,7 +20,7 @@ from fedmcp.edge.pagination import page
 from fedmcp.edge.request_state import SEALED_PREFIX, InvalidState, Sealer
 from fedmcp.edge.subscriptions import EdgeSubscriptions, ListenWithResources
 from fedmcp.edge.upstream import Upstream
-from fedmcp.shared import jsonrpc
+from fedmcp.shared import jsonrpc, metrics
 from fedmcp.shared.envelopes import Freshness
 from mcp.server import Server, ServerRequestContext
 from mcp.server.caching import CacheHint
@@ -253,6 +254,24 @@ class FederatedServer:
         return {}
 
     async def _forward(self, ctx: ServerRequestContext[Any, Any], server: str, method: str, params: Params) -> Any:
+        tool = str(params.get("name", "")) if method == "tools/call" else ""
+        started = time.perf_counter()
+        code: int | None = None
+        metrics.EDGE_INFLIGHT.inc()
+        try:
+            return await self._forward_measured(ctx, server, method, params)
+        except MCPError as exc:
+            code = exc.error.code
+            raise
+        finally:
+            metrics.EDGE_INFLIGHT.dec()
+            metrics.SERVER_DURATION.labels(server, method, tool, metrics.outcome(code)).observe(
+                time.perf_counter() - started
+            )
+
+    async def _forward_measured(
+        self, ctx: ServerRequestContext[Any, Any], server: str, method: str, params: Params
+    ) -> Any:
         session = ctx.session
         modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
         principal = ANONYMOUS

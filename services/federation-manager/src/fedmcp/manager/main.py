@@ -9,6 +9,7 @@ import click
 import structlog
 from fedmcp.manager.registry import Registry
 from fedmcp.shared import buckets, bus, logs, telemetry
+from fedmcp.shared.ops_http import bind, serve_ops
 from fedmcp.shared.signals import stop_on_signals
 from fedmcp.shared.subjects import DEFAULT_PREFIX, Subjects
 
@@ -62,11 +63,24 @@ async def run_manager(
             await nc.drain()
 
 
-async def _serve(nats_url: str, prefix: str, evict_after: float) -> None:
+async def _serve(nats_url: str, prefix: str, evict_after: float, http: tuple[str, int] | None) -> None:
     stop = anyio.Event()
+    running = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(stop_on_signals, stop)
-        await run_manager(nats_url, prefix=prefix, evict_after=evict_after, stop=stop)
+        if http is not None:
+
+            def readiness() -> dict[str, bool]:
+                return {"running": running.is_set()}
+
+            tg.start_soon(partial(serve_ops, bind(*http), readiness, stop=stop))
+
+        async def manager(*, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+            await run_manager(nats_url, prefix=prefix, evict_after=evict_after, stop=stop, task_status=task_status)
+
+        await tg.start(manager)
+        running.set()
+        await stop.wait()
         tg.cancel_scope.cancel()
 
 
@@ -75,11 +89,14 @@ async def _serve(nats_url: str, prefix: str, evict_after: float) -> None:
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True)
 @click.option("--region", envvar="FEDMCP_REGION", default="local", show_default=True)
 @click.option("--evict-after", default=6.0, show_default=True, help="Seconds of silence before an instance is removed.")
-def main(nats_url: str, prefix: str, region: str, evict_after: float) -> None:
+@click.option("--http-port", type=int, default=None, help="Serve /metrics, /healthz and /readyz on this port.")
+@click.option("--http-host", default="127.0.0.1", show_default=True)
+def main(nats_url: str, prefix: str, region: str, evict_after: float, http_port: int | None, http_host: str) -> None:
     """Run the federation manager."""
     logs.configure("manager", region=region)
     telemetry.configure("manager", region=region)
-    anyio.run(partial(_serve, nats_url, prefix, evict_after))
+    http = (http_host, http_port) if http_port is not None else None
+    anyio.run(partial(_serve, nats_url, prefix, evict_after, http))
 
 
 if __name__ == "__main__":

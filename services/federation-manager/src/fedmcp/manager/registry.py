@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import structlog
-from fedmcp.shared import envelopes, headers, routing
+from fedmcp.shared import envelopes, headers, metrics, routing
 from fedmcp.shared.envelopes import Announce, CatalogEntry, Heartbeat, Instance
 from fedmcp.shared.subjects import Subjects
 from nats.aio.client import Client as NATS
@@ -89,6 +89,7 @@ class Registry:
         self._seen[key] = time.monotonic()
         await self.instances_kv.put(self._key(inst), envelopes.encode(inst))
         if is_new:
+            metrics.REGISTRY_INSTANCES.labels(inst.server).set(len(self._instance_ids(inst.server)))
             log.info("instance joined", server=inst.server, instance=inst.instance, region=inst.region)
             await self._routes_changed(inst.server)
 
@@ -120,6 +121,9 @@ class Registry:
             return
         self._seen.pop((server, instance), None)
         await self.instances_kv.delete(f"{server}.{instance}")
+        metrics.REGISTRY_INSTANCES.labels(server).set(len(self._instance_ids(server)))
+        if reason == "missed heartbeats":
+            metrics.EVICTIONS.labels(server).inc()
         log.info("instance left", server=server, instance=instance, reason=reason)
         await self._routes_changed(server)
         if not self._instance_ids(server) and server in self.catalogs:

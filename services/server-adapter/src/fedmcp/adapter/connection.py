@@ -26,7 +26,7 @@ import httpx2
 import mcp_types as types
 import structlog
 from fedmcp.adapter.envelope import HeaderMaps, send_modern
-from fedmcp.shared import chunks, jsonrpc
+from fedmcp.shared import chunks, jsonrpc, metrics
 from fedmcp.shared.config import BackingServer
 from mcp import Client, StdioServerParameters
 from mcp.client.session import ClientRequestContext
@@ -110,6 +110,11 @@ class BackingConnection:
     def protocol_version(self) -> str | None:
         return self.client.protocol_version if self.client is not None else None
 
+    def _reset_ready(self) -> None:
+        # Replace only a set event: a waiter holding an unset one must be woken by the next set().
+        if self._ready.is_set():
+            self._ready = anyio.Event()
+
     async def wait_ready(self) -> None:
         while self.client is None and not self.failed:
             await self._ready.wait()
@@ -130,8 +135,9 @@ class BackingConnection:
                 self.failed = True
                 self._ready.set()
                 return
-            self._ready = anyio.Event()
+            self._reset_ready()
             self.restarts += 1
+            metrics.BACKING_RESTARTS.labels(self.name).inc()
             if anyio.current_time() - started > 30:
                 backoff = self._backoff_initial  # it ran fine for a while: start the backoff over
             log.info("restarting backing server", server=self.name, mode=self.mode, in_seconds=backoff)
@@ -179,6 +185,7 @@ class BackingConnection:
                 await self._open_log_gate(client)
                 scope.deadline = math.inf
                 connected = True
+                metrics.POOL_SIZE.labels(self.name).inc()
                 self.client = client
                 self.state = "ready"
                 self._ready.set()
@@ -191,6 +198,8 @@ class BackingConnection:
                         tg.start_soon(self._on_session, client)
                     await self._lost.wait()
                     tg.cancel_scope.cancel()
+        if connected:
+            metrics.POOL_SIZE.labels(self.name).dec()
         if scope.cancelled_caught and not connected:
             raise TimeoutError(f"no handshake with the backing server within {self._connect_timeout}s")
         return connected
@@ -328,6 +337,12 @@ class BackingConnection:
             return await raw_request(client, method, params, timeout=timeout, progress=progress)
         except MCPError as exc:
             if exc.error.code == jsonrpc.CONNECTION_CLOSED_SDK:
+                if self.client is client:
+                    # Nobody may use the dead session from now on, not even before the
+                    # supervisor has noticed.
+                    self.client = None
+                    self._reset_ready()
+                    self.state = "restarting"
                 self._lost.set()
                 raise BackendUnavailable("crashed") from exc
             raise

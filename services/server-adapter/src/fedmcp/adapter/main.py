@@ -10,12 +10,20 @@ import click
 from fedmcp.adapter.service import Adapter
 from fedmcp.shared import bus, logs, telemetry
 from fedmcp.shared.config import BackingServer, decode_server, load_toml
+from fedmcp.shared.ops_http import bind, serve_ops
 from fedmcp.shared.signals import stop_on_signals
 from fedmcp.shared.subjects import Subjects
 
 
 async def serve(
-    nats_url: str, name: str, server: BackingServer, *, prefix: str, region: str, heartbeat: float = 2.0
+    nats_url: str,
+    name: str,
+    server: BackingServer,
+    *,
+    prefix: str,
+    region: str,
+    heartbeat: float = 2.0,
+    http: tuple[str, int] | None = None,
 ) -> None:
     adapter_nc = await bus.connect(nats_url, name=f"adapter-{name}")
     adapter = Adapter(adapter_nc, name, server, subjects=Subjects(prefix), region=region, heartbeat_interval=heartbeat)
@@ -30,6 +38,12 @@ async def serve(
             adapter.stop()
 
         tg.start_soon(relay)
+        if http is not None:
+
+            def readiness() -> dict[str, bool]:
+                return {"nats": bool(adapter_nc.is_connected), "backing_server": adapter.backend.state == "ready"}
+
+            tg.start_soon(partial(serve_ops, bind(*http), readiness, stop=stop))
         await adapter.run()
         tg.cancel_scope.cancel()
     await adapter_nc.drain()
@@ -43,6 +57,8 @@ async def serve(
 @click.option("--prefix", default=None, help="Subject prefix of the federation.")
 @click.option("--region", envvar="FEDMCP_REGION", default=None)
 @click.option("--heartbeat", default=2.0, show_default=True, help="Seconds between heartbeats.")
+@click.option("--http-port", type=int, default=None, help="Serve /metrics, /healthz and /readyz on this port.")
+@click.option("--http-host", default="127.0.0.1", show_default=True)
 def main(
     nats_url: str,
     config_path: str | None,
@@ -51,6 +67,8 @@ def main(
     prefix: str | None,
     region: str | None,
     heartbeat: float,
+    http_port: int | None,
+    http_host: str,
 ) -> None:
     """Wrap one backing MCP server (stdio command or HTTP URL) and serve it on the bus."""
     from pathlib import Path
@@ -76,6 +94,7 @@ def main(
                 prefix=prefix or cfg_prefix,
                 region=region or cfg_region,
                 heartbeat=heartbeat,
+                http=(http_host, http_port) if http_port is not None else None,
             )
         )
     except KeyboardInterrupt:

@@ -20,7 +20,7 @@ import msgspec
 import structlog
 from anyio.abc import TaskGroup
 from fedmcp.adapter.backend import Backend, BackendUnavailable
-from fedmcp.shared import chunks, envelopes, headers, jsonrpc, telemetry
+from fedmcp.shared import chunks, envelopes, headers, jsonrpc, metrics, telemetry
 from fedmcp.shared.config import BackingServer
 from fedmcp.shared.envelopes import Announce, Catalog, Heartbeat, Instance, ServerSettings
 from fedmcp.shared.subjects import Subjects
@@ -280,6 +280,20 @@ class Adapter:
         return body
 
     async def _forward(self, request: jsonrpc.Request, call: _Call, hdrs: dict[str, str]) -> bytes:
+        started = time.perf_counter()
+        metrics.ADAPTER_INFLIGHT.labels(self.name).inc()
+        try:
+            body, code = await self._forward_measured(request, call, hdrs)
+        finally:
+            metrics.ADAPTER_INFLIGHT.labels(self.name).dec()
+        metrics.CLIENT_DURATION.labels(self.name, request.method, metrics.outcome(code)).observe(
+            time.perf_counter() - started
+        )
+        return body
+
+    async def _forward_measured(
+        self, request: jsonrpc.Request, call: _Call, hdrs: dict[str, str]
+    ) -> tuple[bytes, int | None]:
         rid = request.id
         left = call.deadline - anyio.current_time()
 
@@ -313,7 +327,7 @@ class Adapter:
                 result: dict[str, Any] = await self.backend.subscribe(
                     uri, unsubscribe=request.method.endswith("unsubscribe"), wait_ready=min(left, self.restart_wait)
                 )
-                return jsonrpc.encode_result(rid, result)
+                return jsonrpc.encode_result(rid, result), None
             result = await self.backend.request(
                 request.method,
                 request.params,
@@ -326,16 +340,15 @@ class Adapter:
                 capabilities=_capabilities(hdrs.get(headers.CLIENT_CAPABILITIES)),
             )
         except BackendUnavailable as exc:
-            return jsonrpc.encode_error(
-                rid, jsonrpc.UPSTREAM_UNAVAILABLE, f"server {self.name!r} is unavailable ({exc}); try again shortly"
-            )
+            message = f"server {self.name!r} is unavailable ({exc}); try again shortly"
+            return jsonrpc.encode_error(rid, jsonrpc.UPSTREAM_UNAVAILABLE, message), jsonrpc.UPSTREAM_UNAVAILABLE
         except MCPError as exc:
             if exc.error.code == jsonrpc.REQUEST_TIMEOUT_SDK:
-                return jsonrpc.encode_error(
-                    rid, jsonrpc.UPSTREAM_TIMEOUT, f"server {self.name!r} did not answer in time"
-                )
-            return jsonrpc.encode_error(rid, exc.error.code, exc.error.message, exc.error.data)
-        return jsonrpc.encode_result(rid, result)
+                message = f"server {self.name!r} did not answer in time"
+                return jsonrpc.encode_error(rid, jsonrpc.UPSTREAM_TIMEOUT, message), jsonrpc.UPSTREAM_TIMEOUT
+            error = exc.error
+            return jsonrpc.encode_error(rid, error.code, error.message, error.data), error.code
+        return jsonrpc.encode_result(rid, result), None
 
     # -- lifecycle -----------------------------------------------------------
     def stop(self) -> None:

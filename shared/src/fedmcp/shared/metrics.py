@@ -1,0 +1,41 @@
+"""Every Prometheus metric fedmcp exposes, defined once (names follow the MCP semantic conventions where
+they exist: `mcp.server.operation.duration` -> `mcp_server_operation_duration_seconds`)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+# -- edge -------------------------------------------------------------------------
+SERVER_DURATION = Histogram(
+    "mcp_server_operation_duration_seconds",
+    "MCP requests served by the edge, from arrival to answer.",
+    ["server", "method", "tool", "outcome"],
+    buckets=_BUCKETS,
+)
+EDGE_INFLIGHT = Gauge("fedmcp_edge_inflight_requests", "Requests the edge is serving now.")
+
+# -- adapter ----------------------------------------------------------------------
+CLIENT_DURATION = Histogram(
+    "mcp_client_operation_duration_seconds",
+    "Requests an adapter sent to its backing server, until the answer.",
+    ["server", "method", "outcome"],
+    buckets=_BUCKETS,
+)
+ADAPTER_INFLIGHT = Gauge("fedmcp_adapter_inflight_requests", "Requests an adapter is serving now.", ["server"])
+BACKING_RESTARTS = Counter("fedmcp_backing_restarts_total", "Restarts of a backing server session.", ["server"])
+POOL_SIZE = Gauge("fedmcp_adapter_pool_size", "Open sessions to the backing server.", ["server"])
+
+# -- manager ----------------------------------------------------------------------
+REGISTRY_INSTANCES = Gauge("fedmcp_registry_instances", "Adapter instances in the registry.", ["server"])
+EVICTIONS = Counter("fedmcp_registry_evictions_total", "Instances removed for missed heartbeats.", ["server"])
+
+# -- every service ----------------------------------------------------------------
+BUS_ERRORS = Counter("fedmcp_bus_errors_total", "Errors reported by the NATS client.", ["service"])
+BUS_RECONNECTS = Counter("fedmcp_bus_reconnects_total", "Reconnections of the NATS client.", ["service"])
+
+
+def outcome(error_code: int | None) -> str:
+    """`ok`, or the JSON-RPC error code as a string (MCP semconv `error.type`)."""
+    return "ok" if error_code is None else str(error_code)
