@@ -48,6 +48,12 @@ def cancelled() -> list[float]:
 
 
 @mcp.tool()
+def fail(reason: str) -> str:
+    """Always fails, as a broken tool would."""
+    raise ValueError(reason)
+
+
+@mcp.tool()
 def env(name: str) -> str:
     """An environment variable of the server process ('' when unset)."""
     return os.environ.get(name, "")

@@ -7,6 +7,16 @@ import os
 import sys
 
 import structlog
+from opentelemetry import trace
+
+
+def add_trace_ids(logger: object, method: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """Every log line inside a span names its trace and span, so logs join traces in Jaeger."""
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        event["trace_id"] = format(ctx.trace_id, "032x")
+        event["span_id"] = format(ctx.span_id, "016x")
+    return event
 
 
 def configure(service: str, *, region: str = "local", instance: str = "", level: str | None = None) -> None:
@@ -17,6 +27,7 @@ def configure(service: str, *, region: str = "local", instance: str = "", level:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_trace_ids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
             structlog.processors.format_exc_info,

@@ -15,9 +15,14 @@ from fedmcp.shared.subjects import DEFAULT_PREFIX
 from mcp.server.stdio import stdio_server
 
 
-async def run_http(nats_url: str, prefix: str, host: str, port: int, path: str, max_body_bytes: int) -> None:
+async def run_http(
+    nats_url: str, prefix: str, host: str, port: int, path: str, max_body_bytes: int, request_timeout: float
+) -> None:
     stop = anyio.Event()
-    async with edge_runtime(nats_url, prefix=prefix) as edge, anyio.create_task_group() as tg:
+    async with (
+        edge_runtime(nats_url, prefix=prefix, request_timeout=request_timeout) as edge,
+        anyio.create_task_group() as tg,
+    ):
         tg.start_soon(stop_on_signals, stop)
         await serve_http(edge, bind(host, port), path=path, max_body_bytes=max_body_bytes, stop=stop)
         tg.cancel_scope.cancel()
@@ -36,9 +41,18 @@ async def run_stdio(nats_url: str, prefix: str) -> None:
 @click.option("--port", default=8765, show_default=True)
 @click.option("--path", default="/mcp", show_default=True)
 @click.option("--max-body-bytes", default=chunks.DEFAULT_LIMIT, show_default=True)
+@click.option("--request-timeout", default=60.0, show_default=True, help="Seconds a call may take end to end.")
 @click.option("--stdio", is_flag=True, help="Speak MCP on stdin/stdout (for desktop clients) instead of HTTP.")
 def main(
-    nats_url: str, prefix: str, region: str, host: str, port: int, path: str, max_body_bytes: int, stdio: bool
+    nats_url: str,
+    prefix: str,
+    region: str,
+    host: str,
+    port: int,
+    path: str,
+    max_body_bytes: int,
+    request_timeout: float,
+    stdio: bool,
 ) -> None:
     """Run an edge."""
     logs.configure("edge", region=region)
@@ -46,7 +60,7 @@ def main(
     if stdio:
         anyio.run(run_stdio, nats_url, prefix)
     else:
-        anyio.run(partial(run_http, nats_url, prefix, host, port, path, max_body_bytes))
+        anyio.run(partial(run_http, nats_url, prefix, host, port, path, max_body_bytes, request_timeout))
 
 
 if __name__ == "__main__":
