@@ -161,3 +161,17 @@ def test_edge_socket_is_tcp_so_asyncio_sets_nodelay() -> None:
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+def test_grafana_dashboard_only_uses_metrics_that_exist() -> None:
+    import prometheus_client
+
+    import fedmcp.shared.metrics  # noqa: F401 - registers every metric
+
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "fedmcp-dashboard.json").read_text())
+    known = {m.name for m in prometheus_client.REGISTRY.collect()}
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {name for e in exprs for name in re.findall(r"\b((?:mcp|fedmcp)_[a-z_]+)", e)}
+    suffixes = ("_bucket", "_count", "_sum", "_total")
+    bases = {next((u.removesuffix(s) for s in suffixes if u.endswith(s)), u) for u in used}
+    assert bases <= known, bases - known
