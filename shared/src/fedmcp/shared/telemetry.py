@@ -65,18 +65,19 @@ def inject(headers: dict[str, str]) -> None:
     propagate.inject(headers)
 
 
+def _messaging(operation: str, destination: str, server: str) -> dict[str, str]:
+    return {
+        "messaging.system": "nats",
+        "messaging.operation.type": operation,
+        "messaging.destination.name": destination,
+        "fedmcp.server": server,
+    }
+
+
 @contextmanager
 def producer(destination: str, server: str) -> Iterator[Span]:
-    with tracer.start_as_current_span(
-        f"send {destination}",
-        kind=SpanKind.PRODUCER,
-        attributes={
-            "messaging.system": "nats",
-            "messaging.operation.type": "send",
-            "messaging.destination.name": destination,
-            "fedmcp.server": server,
-        },
-    ) as span:
+    attributes = _messaging("send", destination, server)
+    with tracer.start_as_current_span(f"send {destination}", kind=SpanKind.PRODUCER, attributes=attributes) as span:
         yield span
 
 
@@ -85,15 +86,9 @@ def consumer(headers: Mapping[str, str] | None, destination: str, server: str) -
     """A span continuing the sender's trace (made current, not copied, so SDK spans nest under it)."""
     token = context.attach(propagate.extract(dict(headers or {})))
     try:
+        attributes = _messaging("process", destination, server)
         with tracer.start_as_current_span(
-            f"process {destination}",
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": destination,
-                "fedmcp.server": server,
-            },
+            f"process {destination}", kind=SpanKind.CONSUMER, attributes=attributes
         ) as span:
             yield span
     finally:

@@ -200,10 +200,16 @@ class FederatedServer:
                 self._legacy_sessions.pop(key, None)
 
     # -- lists: from memory -------------------------------------------------
-    def _cursor(self, params: types.PaginatedRequestParams | None) -> str | None:
-        return params.cursor if params is not None else None
-
-    def _listed(self, ctx: ServerRequestContext[Any, Any], key: str, items: list[Any], nxt: str | None) -> Params:
+    def _list(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        params: types.PaginatedRequestParams | None,
+        key: str,
+        full: list[Any],
+    ) -> Params:
+        """One page of a merged list, from memory, with the list's caching hints for 2026-07-28 clients."""
+        self._remember(ctx)
+        items, nxt = page(full, params.cursor if params is not None else None, key)
         result: Params = {key: items}
         if nxt:
             result["nextCursor"] = nxt
@@ -212,30 +218,22 @@ class FederatedServer:
         return _complete(ctx, result)
 
     async def list_tools(self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None) -> Any:
-        self._remember(ctx)
-        items, nxt = page(self.view.table.tool_list, self._cursor(params), "tools")
-        return self._listed(ctx, "tools", items, nxt)
+        return self._list(ctx, params, "tools", self.view.table.tool_list)
 
     async def list_prompts(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> Any:
-        self._remember(ctx)
-        items, nxt = page(self.view.table.prompt_list, self._cursor(params), "prompts")
-        return self._listed(ctx, "prompts", items, nxt)
+        return self._list(ctx, params, "prompts", self.view.table.prompt_list)
 
     async def list_resources(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> Any:
-        self._remember(ctx)
-        items, nxt = page(self.view.table.resource_list, self._cursor(params), "resources")
-        return self._listed(ctx, "resources", items, nxt)
+        return self._list(ctx, params, "resources", self.view.table.resource_list)
 
     async def list_resource_templates(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> Any:
-        self._remember(ctx)
-        items, nxt = page(self.view.table.template_list, self._cursor(params), "templates")
-        return self._listed(ctx, "resourceTemplates", items, nxt)
+        return self._list(ctx, params, "resourceTemplates", self.view.table.template_list)
 
     # -- routed requests: over the bus ----------------------------------------
     def _log_level(self, ctx: ServerRequestContext[Any, Any]) -> str | None:
