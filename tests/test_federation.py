@@ -209,3 +209,20 @@ async def test_completion_routes_by_prompt_and_template(nats_server: NatsServer,
                 {"name": "name", "value": "w"},
             )
             assert by_template.completion.values == ["welcome"]
+
+
+async def test_edge_forgets_handshake_era_clients_that_left(nats_server: NatsServer) -> None:
+    import gc
+
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("demo", demo_server())
+        assert fed.edge is not None
+        clients = fed.edge.federated.legacy_clients
+        async with Client(fed.url, mode="legacy") as client:
+            await client.list_tools()
+            assert len(clients) == 1
+        with anyio.fail_after(10):
+            while len(clients):  # the SDK closes the session on DELETE, asynchronously
+                gc.collect()
+                await anyio.sleep(0.05)
+        assert len(clients) == 0

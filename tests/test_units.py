@@ -164,9 +164,8 @@ def test_edge_socket_is_tcp_so_asyncio_sets_nodelay() -> None:
 
 
 def test_grafana_dashboard_only_uses_metrics_that_exist() -> None:
-    import prometheus_client
-
     import fedmcp.shared.metrics  # noqa: F401 - registers every metric
+    import prometheus_client
 
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "fedmcp-dashboard.json").read_text())
     known = {m.name for m in prometheus_client.REGISTRY.collect()}

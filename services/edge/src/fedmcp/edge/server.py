@@ -16,6 +16,7 @@ from typing import Any
 import mcp_types as types
 import structlog
 from fedmcp.edge.catalog import CatalogView
+from fedmcp.edge.clients import LegacyClients
 from fedmcp.edge.pagination import page
 from fedmcp.edge.request_state import SEALED_PREFIX, InvalidState, Sealer
 from fedmcp.edge.subscriptions import EdgeSubscriptions, ListenWithResources
@@ -134,8 +135,7 @@ class FederatedServer:
         self.upstream = upstream
         self.events = InMemorySubscriptionBus()
         self.subscriptions = EdgeSubscriptions(view, upstream, self.events)
-        self._legacy_sessions: dict[int, ServerSession] = {}
-        self._log_levels: dict[int, str] = {}
+        self.legacy_clients = LegacyClients()
         self.server: Server[Any] = Server(
             name,
             version=_version(),
@@ -176,9 +176,7 @@ class FederatedServer:
     # -- list_changed fan-out -------------------------------------------------
     def _remember(self, ctx: ServerRequestContext[Any, Any]) -> None:
         """Keep a handle on handshake-era connections so list changes can reach them."""
-        session = ctx.session
-        if session.protocol_version not in MODERN_PROTOCOL_VERSIONS and session.client_params is not None:
-            self._legacy_sessions.setdefault(id(session.client_params), session)
+        self.legacy_clients.remember(ctx.session)
 
     async def notify_changed(self, kinds: frozenset[str]) -> None:
         events: dict[str, ServerEvent] = {
@@ -188,16 +186,7 @@ class FederatedServer:
         }
         for kind in sorted(kinds):
             await self.events.publish(events[kind])
-        for key, session in list(self._legacy_sessions.items()):
-            try:
-                if "tools" in kinds:
-                    await session.send_tool_list_changed()
-                if "prompts" in kinds:
-                    await session.send_prompt_list_changed()
-                if "resources" in kinds:
-                    await session.send_resource_list_changed()
-            except Exception:  # the connection is gone; forget it
-                self._legacy_sessions.pop(key, None)
+        await self.legacy_clients.list_changed(kinds)
 
     # -- lists: from memory -------------------------------------------------
     def _list(
@@ -242,13 +231,11 @@ class FederatedServer:
             meta = (ctx.params or {}).get("_meta")
             level = meta.get(LOG_LEVEL_META_KEY) if isinstance(meta, dict) else None
             return level if isinstance(level, str) else None
-        params = ctx.session.client_params
-        return self._log_levels.get(id(params), "debug") if params is not None else "debug"
+        return self.legacy_clients.level(ctx.session)
 
     async def set_logging_level(self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> Any:
         self._remember(ctx)
-        if ctx.session.client_params is not None:
-            self._log_levels[id(ctx.session.client_params)] = params.level
+        self.legacy_clients.set_level(ctx.session, params.level)
         return {}
 
     async def _forward(self, ctx: ServerRequestContext[Any, Any], server: str, method: str, params: Params) -> Any:
