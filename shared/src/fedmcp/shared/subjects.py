@@ -56,6 +56,10 @@ class Subjects:
         """Cancels sent by edges to every adapter of a server; the payload names the call's reply subject."""
         return f"{self.prefix}.ctl.cancel.{server}"
 
+    def ping(self, instance: str) -> str:
+        """Is this adapter instance alive and still holding the call named in the payload? ("1"/"0")"""
+        return f"{self.prefix}.ctl.ping.{instance}"
+
     # -- control plane ----------------------------------------------------
     def announce(self, server: str, instance: str) -> str:
         """An adapter's full announcement (instance record and catalog)."""

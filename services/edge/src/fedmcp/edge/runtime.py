@@ -41,6 +41,7 @@ async def edge_runtime(
     prefix: str = DEFAULT_PREFIX,
     request_timeout: float = 60.0,
     accept_timeout: float = 2.0,
+    overload_wait: float = 5.0,
     edge_id: str | None = None,
 ) -> AsyncIterator[Edge]:
     subjects = Subjects(prefix)
@@ -49,7 +50,14 @@ async def edge_runtime(
     try:
         kv = await buckets.open_bucket(nc.jetstream(timeout=5), subjects, buckets.CATALOGS)
         view = CatalogView(kv)
-        upstream = Upstream(nc, subjects, edge_id, accept_timeout=accept_timeout, request_timeout=request_timeout)
+        upstream = Upstream(
+            nc,
+            subjects,
+            edge_id,
+            accept_timeout=accept_timeout,
+            request_timeout=request_timeout,
+            overload_wait=overload_wait,
+        )
         await upstream.start()
         federated = FederatedServer(view, upstream)
         await federated.subscriptions.start(subjects)

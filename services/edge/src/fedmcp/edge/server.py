@@ -238,13 +238,22 @@ class FederatedServer:
         self.legacy_clients.set_level(ctx.session, params.level)
         return {}
 
-    async def _forward(self, ctx: ServerRequestContext[Any, Any], server: str, method: str, params: Params) -> Any:
+    async def _forward(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        server: str,
+        method: str,
+        params: Params,
+        *,
+        idempotent: bool = False,
+    ) -> Any:
+        """Route one request to `server`. `idempotent`: safe to run again if an instance dies mid-call."""
         tool = str(params.get("name", "")) if method == "tools/call" else ""
         started = time.perf_counter()
         code: int | None = None
         metrics.EDGE_INFLIGHT.inc()
         try:
-            return await self._forward_measured(ctx, server, method, params)
+            return await self._forward_measured(ctx, server, method, params, idempotent)
         except MCPError as exc:
             code = exc.error.code
             raise
@@ -255,7 +264,7 @@ class FederatedServer:
             )
 
     async def _forward_measured(
-        self, ctx: ServerRequestContext[Any, Any], server: str, method: str, params: Params
+        self, ctx: ServerRequestContext[Any, Any], server: str, method: str, params: Params, idempotent: bool
     ) -> Any:
         session = ctx.session
         modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
@@ -300,6 +309,7 @@ class FederatedServer:
             self.upstream.request,
             server,
             method,
+            idempotent=idempotent,
             front_version=ctx.protocol_version,
             log_level=self._log_level(ctx),
             on_notify=on_notify,
@@ -370,7 +380,9 @@ class FederatedServer:
             raise MCPError(code=jsonrpc.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
         forwarded = forward_params(ctx)
         forwarded["name"] = route.name
-        return await self._forward(ctx, route.server, "tools/call", forwarded)
+        hints = self.view.table.tool_by_name[params.name].get("annotations") or {}
+        idempotent = bool(hints.get("readOnlyHint") or hints.get("idempotentHint"))
+        return await self._forward(ctx, route.server, "tools/call", forwarded, idempotent=idempotent)
 
     async def get_prompt(self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams) -> Any:
         self._remember(ctx)
@@ -379,7 +391,7 @@ class FederatedServer:
             raise MCPError(code=jsonrpc.INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
         forwarded = forward_params(ctx)
         forwarded["name"] = route.name
-        return await self._forward(ctx, route.server, "prompts/get", forwarded)
+        return await self._forward(ctx, route.server, "prompts/get", forwarded, idempotent=True)
 
     async def read_resource(self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams) -> Any:
         self._remember(ctx)
@@ -387,7 +399,7 @@ class FederatedServer:
         route = self.view.table.route_uri(uri)
         if route is None:
             raise resource_not_found(ctx, uri)
-        return await self._forward(ctx, route.server, "resources/read", forward_params(ctx))
+        return await self._forward(ctx, route.server, "resources/read", forward_params(ctx), idempotent=True)
 
     async def subscribe_resource(
         self, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
@@ -423,4 +435,4 @@ class FederatedServer:
             if route is None:
                 raise resource_not_found(ctx, uri)
         forwarded["ref"] = ref
-        return await self._forward(ctx, route.server, "completion/complete", forwarded)
+        return await self._forward(ctx, route.server, "completion/complete", forwarded, idempotent=True)

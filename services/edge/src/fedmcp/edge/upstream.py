@@ -27,6 +27,22 @@ log = structlog.get_logger("fedmcp.edge.upstream")
 _NO_RESPONDERS = "503"
 
 
+ACCEPT_GRACE = 0.5
+"""Seconds an edge waits past the accept-by time before it sends a request again."""
+
+
+class _NotAccepted(Exception):
+    """No adapter took the request before its accept-by time: nothing ran, try again."""
+
+
+class _Busy(Exception):
+    """The adapter that got the request was at its concurrency limit."""
+
+
+class _Lost(Exception):
+    """The adapter that accepted the request is gone (or no longer holds it)."""
+
+
 Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
 """Receives a request-scoped notification (method, params) streamed back by the adapter."""
 OnRequest = Callable[[str, dict[str, Any], str, "jsonrpc.RequestId | None"], Awaitable[Any]]
@@ -55,6 +71,7 @@ class _Call:
     send: MemoryObjectSendStream[Frame]
     receive: MemoryObjectReceiveStream[Frame]
     assembler: chunks.Assembler
+    reply: str = ""
     instances: list[str] = field(default_factory=list)
     upload: list[bytes] = field(default_factory=list)
     """The request body in pieces, while an adapter may still pull it."""
@@ -70,7 +87,13 @@ class Upstream:
         accept_timeout: float = 2.0,
         request_timeout: float = 60.0,
         max_payload_bytes: int = chunks.DEFAULT_LIMIT,
+        probe_after: float = 2.0,
+        overload_wait: float = 5.0,
     ) -> None:
+        self.probe_after = probe_after
+        """Silence after an accept that makes the edge ask whether the adapter still holds the call."""
+        self.overload_wait = overload_wait
+        """How long busy replicas are retried before the client gets an overload error."""
         self.max_payload_bytes = max_payload_bytes
         self.nc = nc
         self.subjects = subjects
@@ -79,6 +102,8 @@ class Upstream:
         self.request_timeout = request_timeout
         self._tokens = itertools.count(1)
         self._calls: dict[str, _Call] = {}
+        self._abandoned: dict[str, str] = {}
+        """Tokens of requests sent again after no accept, with their server, in case a late accept comes."""
         self._prefix_len = len(subjects.reply(edge_id, ""))
 
     async def start(self) -> None:
@@ -86,8 +111,13 @@ class Upstream:
         await self.nc.flush(timeout=5)
 
     async def _on_reply(self, msg: Msg) -> None:
-        call = self._calls.get(msg.subject[self._prefix_len :])
+        token = msg.subject[self._prefix_len :]
+        call = self._calls.get(token)
         if call is None:
+            server = self._abandoned.pop(token, None)
+            if server is not None and (msg.headers or {}).get(headers.KIND) == headers.Kind.ACCEPT:
+                # Accepted after the edge had sent the request again: make sure it does not run twice.
+                await self.nc.publish(self.subjects.cancel(server), msg.subject.encode(), headers=headers.base())
             return  # a late frame of a call that already ended
         hdrs = msg.headers or {}
         if hdrs.get("Status") == _NO_RESPONDERS:
@@ -141,8 +171,13 @@ class Upstream:
         on_notify: Notify | None = None,
         on_request: OnRequest | None = None,
         capabilities: dict[str, Any] | None = None,
+        idempotent: bool = False,
     ) -> Any:
-        """Send one request to `server` and return the decoded `result`; raise MCPError otherwise."""
+        """Send one request to `server` and return the decoded `result`; raise MCPError otherwise.
+
+        Delivery: no accept in time -> sent again (nothing ran); a busy replica -> sent again
+        until `overload_wait`; accepted and then lost -> sent again only when `idempotent`,
+        so a call never runs twice because of the gateway."""
         timeout = self.request_timeout if timeout is None else timeout
         hdrs = headers.base({headers.DEADLINE: headers.deadline_in(timeout), headers.FRONT_VERSION: front_version})
         if capabilities is not None:
@@ -163,11 +198,39 @@ class Upstream:
             payload = b""
 
         async def send(reply: str) -> None:
+            hdrs[headers.ACCEPT_BY] = headers.deadline_in(self.accept_timeout)
             await self.nc.publish(self.subjects.rpc(server), payload, reply=reply, headers=hdrs)
 
-        with telemetry.producer(telemetry.RPC_TEMPLATE, server):
+        started = anyio.current_time()
+        with telemetry.producer(telemetry.RPC_TEMPLATE, server) as span:
             telemetry.inject(hdrs)
-            return await self._exchange(server, send, timeout, on_notify, on_request, accepted=False, upload=pieces)
+            while True:
+                left = timeout - (anyio.current_time() - started)
+                try:
+                    return await self._exchange(
+                        server, send, left, on_notify, on_request, accepted=False, upload=pieces
+                    )
+                except _NotAccepted:
+                    if left <= self.accept_timeout:
+                        raise MCPError(
+                            code=jsonrpc.UPSTREAM_UNAVAILABLE, message=f"no adapter of server {server!r} accepted"
+                        ) from None
+                    span.add_event("retry", {"reason": "not accepted"})
+                except _Busy:
+                    if anyio.current_time() - started > min(self.overload_wait, timeout):
+                        raise MCPError(
+                            code=jsonrpc.OVERLOADED, message=f"every replica of server {server!r} is busy; try later"
+                        ) from None
+                    span.add_event("retry", {"reason": "busy"})
+                    await anyio.sleep(0.02)
+                except _Lost:
+                    if not idempotent or left <= 0:
+                        raise MCPError(
+                            code=jsonrpc.UPSTREAM_LOST,
+                            message=f"the instance of server {server!r} running this call was lost; "
+                            "it was not retried because it may not be safe to run twice",
+                        ) from None
+                    span.add_event("failover", {"reason": "instance lost"})
 
     async def resume(
         self,
@@ -205,15 +268,21 @@ class Upstream:
         send_stream, receive = anyio.create_memory_object_stream[Frame](32)
         self._calls[token] = call = _Call(send_stream, receive, chunks.Assembler(self.max_payload_bytes))
         call.upload = upload or []
-        reply = self.subjects.reply(self.edge_id, token)
+        reply = call.reply = self.subjects.reply(self.edge_id, token)
         finished = False
         try:
             await send(reply)
             result = await self._await_result(server, call, timeout, on_notify, on_request, accepted)
             finished = True
             return result
-        except MCPError:
+        except _NotAccepted:
             finished = True
+            self._abandoned[token] = server
+            while len(self._abandoned) > 1024:
+                self._abandoned.pop(next(iter(self._abandoned)))
+            raise
+        except (MCPError, _Busy, _Lost):
+            finished = True  # nothing to cancel: the adapter is gone or never took it
             raise
         finally:
             del self._calls[token]
@@ -236,18 +305,21 @@ class Upstream:
         deadline = anyio.current_time() + timeout
         while True:
             wait = deadline - anyio.current_time()
-            if not accepted:
-                wait = min(wait, self.accept_timeout)
+            # An accept sent just before the accept-by time is still on its way: allow for it.
+            wait = min(wait, self.probe_after if accepted else self.accept_timeout + ACCEPT_GRACE)
             frame: Frame | None = None
             with anyio.move_on_after(max(wait, 0)):
                 frame = await call.receive.receive()
             if frame is None:
                 if not accepted and anyio.current_time() < deadline:
-                    raise MCPError(
-                        code=jsonrpc.UPSTREAM_UNAVAILABLE,
-                        message=f"no adapter of server {server!r} accepted the request",
-                    )
-                raise MCPError(code=jsonrpc.UPSTREAM_TIMEOUT, message=f"server {server!r} did not answer in time")
+                    raise _NotAccepted
+                if anyio.current_time() >= deadline:
+                    raise MCPError(code=jsonrpc.UPSTREAM_TIMEOUT, message=f"server {server!r} did not answer in time")
+                if not await self._still_held(call):
+                    raise _Lost
+                continue
+            if frame.kind == headers.Kind.BUSY:
+                raise _Busy
             if frame.kind == _NO_RESPONDERS:
                 raise MCPError(code=jsonrpc.UPSTREAM_UNAVAILABLE, message=f"server {server!r} has no running adapter")
             if frame.kind == headers.Kind.ACCEPT:
@@ -268,6 +340,18 @@ class Upstream:
                 interrupt = await self._server_request(frame, on_request)
                 if interrupt is not None:
                     return interrupt
+
+    async def _still_held(self, call: _Call) -> bool:
+        """After a silence: does the adapter that accepted still hold the call?"""
+        if not call.instances:
+            return True  # a resumed call: nobody to ask, wait for the deadline
+        try:
+            answer = await self.nc.request(
+                self.subjects.ping(call.instances[-1]), call.reply.encode(), timeout=1.0, headers=headers.base()
+            )
+        except Exception:  # no responders or no answer: the instance is gone
+            return False
+        return answer.data == b"1"
 
     async def _server_request(self, frame: Frame, on_request: OnRequest | None) -> Any:
         try:

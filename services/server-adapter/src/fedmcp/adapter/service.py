@@ -85,6 +85,7 @@ class Adapter:
         drain_timeout: float = 30.0,
         version: str = "0.1.0",
         max_payload_bytes: int = chunks.DEFAULT_LIMIT,
+        max_concurrency: int = 64,
     ) -> None:
         self.nc = nc
         self.name = name
@@ -94,6 +95,7 @@ class Adapter:
         self.restart_wait = restart_wait
         self.drain_timeout = drain_timeout
         self.max_payload_bytes = max_payload_bytes
+        self.max_concurrency = max_concurrency
         self.instance = Instance(
             server=name,
             instance=instance_id or new_instance_id(),
@@ -153,6 +155,12 @@ class Adapter:
         scope = self._scopes.get(msg.data.decode(errors="replace"))
         if scope is not None:
             scope.cancel()
+
+    async def _on_ping(self, msg: Msg) -> None:
+        """An edge asks whether this instance still holds a call (named by its reply subject)."""
+        if msg.reply:
+            held = msg.data.decode(errors="replace") in self._scopes
+            await self.nc.publish(msg.reply, b"1" if held else b"0", headers=headers.base())
 
     async def _on_reannounce(self, msg: Msg) -> None:
         if self.backend.catalog is not None:
@@ -225,6 +233,14 @@ class Adapter:
         if left <= 0:
             # The caller has given up already (e.g. a request buffered during a reconnect).
             log.info("dropped expired request", server=self.name)
+            return
+        accept_by = (msg.headers or {}).get(headers.ACCEPT_BY)
+        if accept_by is not None and headers.remaining({headers.DEADLINE: accept_by}, 1.0) <= 0:
+            # Too late to take: the edge sends it again elsewhere, so taking it could run it twice.
+            log.info("dropped request past its accept-by time", server=self.name)
+            return
+        if self._inflight > self.max_concurrency:
+            await self._reply(msg.reply, headers.Kind.BUSY)
             return
         await self._reply(msg.reply, headers.Kind.ACCEPT)
         try:
@@ -364,6 +380,7 @@ class Adapter:
                 self._tg = work
                 reannounce = await self.nc.subscribe(self.subjects.reannounce(self.name), cb=self._on_reannounce)
                 cancels = await self.nc.subscribe(self.subjects.cancel(self.name), cb=self._on_cancel)
+                pings = await self.nc.subscribe(self.subjects.ping(self.instance.instance), cb=self._on_ping)
                 requests = await self.nc.subscribe(
                     self.subjects.rpc(self.name), queue=self.subjects.rpc_queue(self.name), cb=self._on_request
                 )
@@ -373,18 +390,22 @@ class Adapter:
                 task_status.started()
                 await self._stop.wait()
                 with anyio.CancelScope(shield=True):
-                    await self._drain(requests, reannounce, cancels)
+                    await self._drain([requests, reannounce], [cancels, pings])
                 work.cancel_scope.cancel()
             background.cancel_scope.cancel()
 
-    async def _drain(self, *subs: Any) -> None:
-        """Stop taking work, answer what is in flight, then say goodbye."""
+    async def _drain(self, intake: list[Any], control: list[Any]) -> None:
+        """Stop taking work, answer what is in flight (still answering cancels and pings
+        for it), then say goodbye."""
         self.instance.state = "draining"
         with anyio.move_on_after(5):
-            for sub in subs:
+            for sub in intake:
                 await sub.unsubscribe()
         with anyio.move_on_after(self.drain_timeout):
             await self._idle.wait()
+        with anyio.move_on_after(5):
+            for sub in control:
+                await sub.unsubscribe()
         with anyio.move_on_after(2):
             await self.nc.publish(
                 self.subjects.goodbye(self.name, self.instance.instance),
