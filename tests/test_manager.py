@@ -55,3 +55,22 @@ async def test_ls_shows_servers_instances_and_conflicts(nats_server: NatsServer)
         assert sum(1 for line in lines if " ready " in line) == 2
         assert "CONFLICTS" in text
         assert "tool 'add' of server 'two' clashes with server 'one'" in text
+
+
+async def test_adapters_and_managers_answer_srv_ping(nats_server: NatsServer) -> None:
+    import nats
+
+    from fedmcp.shared import discovery
+
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("one", demo_server())
+        await fed.add_server("two", demo_server())
+        nc = await nats.connect(nats_server.url)
+        try:
+            adapters = await discovery.ping_all(nc, discovery.ADAPTER, expected=2)
+            managers = await discovery.ping_all(nc, discovery.MANAGER, expected=1)
+        finally:
+            await nc.close()
+        assert sorted(a["metadata"]["server"] for a in adapters) == ["one", "two"]
+        assert {a["type"] for a in adapters} == {"io.nats.micro.v1.ping_response"}
+        assert len(managers) == 1

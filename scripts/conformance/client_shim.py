@@ -37,7 +37,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from pathlib import Path
 from types import FrameType
@@ -45,10 +44,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+from fedmcp.adapter.connection import raw_request
 from fedmcp.cli.inspect import read_state
 from fedmcp.shared.natsserver import NatsServer, free_port
 from fedmcp.shared.subjects import DEFAULT_PREFIX
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import PE, ROOT, VENV_PY, _alive, _descendants  # helpers of the server-mode runner
@@ -56,7 +57,12 @@ from run import PE, ROOT, VENV_PY, _alive, _descendants  # helpers of the server
 SERVER = "mock"
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 DEFAULT_CLIENT = f"{VENV_PY} {PE / 'conformance_client.py'}"
-LISTS = ("tools", "prompts", "resources", "templates")
+EDGE_LISTS = {
+    "tools": ("tools/list", "tools"),
+    "prompts": ("prompts/list", "prompts"),
+    "resources": ("resources/list", "resources"),
+    "templates": ("resources/templates/list", "resourceTemplates"),
+}
 
 
 def log(msg: str) -> None:
@@ -121,33 +127,22 @@ async def _bus_catalog(nats_url: str) -> dict[str, Any] | None:
 
 
 async def _edge_counts(edge_url: str) -> dict[str, int]:
-    """Every page of every list, as an SDK client of the edge sees them (served from the edge's memory)."""
+    """Every page of every list the edge serves (from its memory), unfiltered: raw JSON-RPC
+    through an SDK session, since `Client.list_tools()` drops tools the SDK deems invalid."""
     counts: dict[str, int] = {}
     with anyio.fail_after(10):
         async with Client(edge_url) as client:
-            pagers: dict[str, Callable[[str | None], Awaitable[Any]]] = {
-                "tools": lambda c: client.list_tools(cursor=c),
-                "prompts": lambda c: client.list_prompts(cursor=c),
-                "resources": lambda c: client.list_resources(cursor=c),
-                "templates": lambda c: client.list_resource_templates(cursor=c),
-            }
-            fields = {
-                "tools": "tools",
-                "prompts": "prompts",
-                "resources": "resources",
-                "templates": "resource_templates",
-            }
-            for kind, page_of in pagers.items():
+            for kind, (method, key) in EDGE_LISTS.items():
                 n, cursor = 0, None
                 try:
-                    while True:
-                        page = await page_of(cursor)
-                        n += len(getattr(page, fields[kind]))
-                        cursor = page.next_cursor
+                    for _ in range(1000):
+                        page = await raw_request(client, method, {"cursor": cursor} if cursor else None, timeout=5)
+                        n += len(page.get(key) or [])
+                        cursor = page.get("nextCursor")
                         if not cursor:
                             break
-                except Exception as exc:  # a list the edge refuses counts as empty
-                    log(f"edge {kind}/list failed: {exc!r}")
+                except MCPError as exc:  # a list the edge refuses counts as empty
+                    log(f"edge {method} failed: {exc!r}")
                 counts[kind] = n
     return counts
 

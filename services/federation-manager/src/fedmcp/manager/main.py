@@ -8,7 +8,7 @@ import anyio
 import click
 import structlog
 from fedmcp.manager.registry import Registry
-from fedmcp.shared import buckets, bus, logs, telemetry
+from fedmcp.shared import buckets, bus, discovery, logs, telemetry
 from fedmcp.shared.ops_http import bind, serve_ops
 from fedmcp.shared.signals import stop_on_signals
 from fedmcp.shared.subjects import DEFAULT_PREFIX, Subjects
@@ -41,6 +41,9 @@ async def run_manager(
             await nc.subscribe(subjects.goodbye_all(), cb=registry.on_goodbye),
         ]
         await nc.flush(timeout=5)
+        micro = await discovery.register(
+            nc, discovery.MANAGER, "0.1.0", {"prefix": prefix}, "fedmcp federation manager"
+        )
         await registry.load()
         log.info("manager running", prefix=prefix)
         task_status.started()
@@ -58,6 +61,7 @@ async def run_manager(
                 scope.cancel()
         for sub in subs:
             await sub.unsubscribe()
+        await micro.stop()
     finally:
         with anyio.move_on_after(5, shield=True):
             await nc.drain()

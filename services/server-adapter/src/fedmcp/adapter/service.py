@@ -20,7 +20,7 @@ import msgspec
 import structlog
 from anyio.abc import TaskGroup
 from fedmcp.adapter.backend import Backend, BackendUnavailable
-from fedmcp.shared import chunks, envelopes, headers, jsonrpc, metrics, telemetry
+from fedmcp.shared import chunks, discovery, envelopes, headers, jsonrpc, metrics, telemetry
 from fedmcp.shared.config import BackingServer
 from fedmcp.shared.envelopes import Announce, Catalog, Heartbeat, Instance, ServerSettings
 from fedmcp.shared.subjects import Subjects
@@ -381,6 +381,13 @@ class Adapter:
                 reannounce = await self.nc.subscribe(self.subjects.reannounce(self.name), cb=self._on_reannounce)
                 cancels = await self.nc.subscribe(self.subjects.cancel(self.name), cb=self._on_cancel)
                 pings = await self.nc.subscribe(self.subjects.ping(self.instance.instance), cb=self._on_ping)
+                micro = await discovery.register(
+                    self.nc,
+                    discovery.ADAPTER,
+                    self.instance.version,
+                    {"server": self.name, "instance": self.instance.instance, "region": self.instance.region},
+                    f"fedmcp adapter for MCP server {self.name!r}",
+                )
                 requests = await self.nc.subscribe(
                     self.subjects.rpc(self.name), queue=self.subjects.rpc_queue(self.name), cb=self._on_request
                 )
@@ -391,6 +398,8 @@ class Adapter:
                 await self._stop.wait()
                 with anyio.CancelScope(shield=True):
                     await self._drain([requests, reannounce], [cancels, pings])
+                    with anyio.move_on_after(2):
+                        await micro.stop()
                 work.cancel_scope.cancel()
             background.cancel_scope.cancel()
 
