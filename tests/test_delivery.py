@@ -93,3 +93,44 @@ async def test_busy_replicas_give_an_overload_error_after_a_bounded_wait(
             assert err.value.error.code == jsonrpc.OVERLOADED
             tg.cancel_scope.cancel()
         assert [t for t, _ in await runs(ledger, 1)] == ["transfer"]
+
+
+async def test_rolling_restart_of_every_adapter_under_load_fails_no_call(
+    nats_server: NatsServer, replicas: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    async with federation(nats_server.url) as fed:
+        replicas.extend(start_adapter(nats_server.url, ledger, tmp_path / f"adapter{i}.log") for i in range(2))
+        await fed.wait_for_server("ledger", present=True)
+        failures: list[object] = []
+        done = 0
+        target = 0
+        reached = anyio.Event()
+        stop = anyio.Event()
+
+        async def load(client: Client, tool: str) -> None:
+            nonlocal done
+            while not stop.is_set():
+                try:
+                    await client.call_tool(tool, {"seconds": 0.05})
+                    done += 1
+                    if done >= target:
+                        reached.set()
+                except MCPError as exc:
+                    failures.append((tool, exc.error.code, exc.error.message))
+
+        async with Client(fed.url) as client, anyio.create_task_group() as tg:
+            for tool in ("ledger_transfer", "ledger_balance", "ledger_transfer", "ledger_balance"):
+                tg.start_soon(load, client, tool)
+            for i in range(2):  # replace each replica in turn: SIGTERM drains it
+                old = replicas[i]
+                old.send_signal(signal.SIGTERM)
+                await anyio.to_thread.run_sync(old.wait, 30)
+                assert old.returncode == 0
+                replicas[i] = start_adapter(nats_server.url, ledger, tmp_path / f"adapter{i}-new.log")
+                target, reached = done + 20, anyio.Event()  # calls keep completing, on the new replica too
+                with anyio.fail_after(30):
+                    await reached.wait()
+            stop.set()
+        assert failures == []
+        assert done > 40

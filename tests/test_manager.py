@@ -59,7 +59,6 @@ async def test_ls_shows_servers_instances_and_conflicts(nats_server: NatsServer)
 
 async def test_adapters_and_managers_answer_srv_ping(nats_server: NatsServer) -> None:
     import nats
-
     from fedmcp.shared import discovery
 
     async with federation(nats_server.url) as fed:

@@ -35,6 +35,10 @@ class _NotAccepted(Exception):
     """No adapter took the request before its accept-by time: nothing ran, try again."""
 
 
+class _NoResponders(Exception):
+    """No adapter of the server is subscribed right now (none running, or between restarts)."""
+
+
 class _Busy(Exception):
     """The adapter that got the request was at its concurrency limit."""
 
@@ -216,6 +220,13 @@ class Upstream:
                             code=jsonrpc.UPSTREAM_UNAVAILABLE, message=f"no adapter of server {server!r} accepted"
                         ) from None
                     span.add_event("retry", {"reason": "not accepted"})
+                except _NoResponders:
+                    # An adapter may be restarting (rolling restart): keep trying for the accept window.
+                    if anyio.current_time() - started > min(self.accept_timeout, timeout):
+                        raise MCPError(
+                            code=jsonrpc.UPSTREAM_UNAVAILABLE, message=f"server {server!r} has no running adapter"
+                        ) from None
+                    await anyio.sleep(0.05)
                 except _Busy:
                     if anyio.current_time() - started > min(self.overload_wait, timeout):
                         raise MCPError(
@@ -281,7 +292,7 @@ class Upstream:
             while len(self._abandoned) > 1024:
                 self._abandoned.pop(next(iter(self._abandoned)))
             raise
-        except (MCPError, _Busy, _Lost):
+        except (MCPError, _NoResponders, _Busy, _Lost):
             finished = True  # nothing to cancel: the adapter is gone or never took it
             raise
         finally:
@@ -321,7 +332,7 @@ class Upstream:
             if frame.kind == headers.Kind.BUSY:
                 raise _Busy
             if frame.kind == _NO_RESPONDERS:
-                raise MCPError(code=jsonrpc.UPSTREAM_UNAVAILABLE, message=f"server {server!r} has no running adapter")
+                raise _NoResponders
             if frame.kind == headers.Kind.ACCEPT:
                 accepted = True
                 if frame.instance:
