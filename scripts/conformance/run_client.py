@@ -71,7 +71,7 @@ class ScenarioRun:
     seconds: float
     client_exit: int | None  # None: the harness reported no non-zero exit
     timed_out: bool
-    checks: dict[str, list[str]]  # check id -> statuses
+    checks: dict[str, list[str]]  # "<check id> <check name>" -> statuses (INFO left out)
     messages: dict[str, list[str]] = field(default_factory=dict)
     mock_saw: list[str] = field(default_factory=list)  # the methods the mock received, in order
     out: str = ""
@@ -172,13 +172,14 @@ def run_scenario(leg: Leg, scenario: str, target: str, out: Path, timeout_ms: in
         for c in json.loads(f.read_text()):
             cid, status = str(c.get("id")), str(c.get("status"))
             if status == "INFO":
-                if cid == "incoming-request":
+                if cid == "incoming-request":  # the 0.1.x mocks log every request they receive
                     d = c.get("details") or {}
                     run.mock_saw.append(str(d.get("mcpMethod") or d.get("method") or c.get("description")))
                 continue
-            run.checks.setdefault(cid, []).append(status)
+            key = f"{cid} {c.get('name')}"  # one id often covers several sub-checks, told apart by name
+            run.checks.setdefault(key, []).append(status)
             if status in ("FAILURE", "WARNING"):
-                run.messages.setdefault(cid, []).append(str(c.get("errorMessage", ""))[:300])
+                run.messages.setdefault(key, []).append(str(c.get("errorMessage", ""))[:300])
     for statuses in run.checks.values():
         statuses.sort()
     return run
@@ -202,8 +203,17 @@ def compare(scenario: str, runs: dict[str, ScenarioRun]) -> dict[str, Any]:
     for what in ("rc", "client_exit", "timed_out"):
         if getattr(d, what) != getattr(f, what):
             diffs.append({"check": f"<harness {what}>", "direct": getattr(d, what), "federated": getattr(f, what)})
+    if not diffs:
+        verdict = "same"
+    elif d.rc == 0 and f.rc != 0:
+        verdict = "WORSE"  # passes directly, fails through the federation
+    elif d.rc != 0 and f.rc == 0:
+        verdict = "BETTER"  # fails directly, passes through the federation
+    else:
+        verdict = "DIFF"
     return {
         "scenario": scenario,
+        "verdict": verdict,
         "direct": d.brief(),
         "federated": f.brief(),
         "same": not diffs,
@@ -228,8 +238,7 @@ def print_leg(name: str, seconds: float, rows: list[dict[str, Any]]) -> None:
     print(f"\n=== {name} ({seconds:.1f} s)")
     width = max((len(r["scenario"]) for r in rows), default=10)
     for r in rows:
-        mark = "same" if r["same"] else "DIFF"
-        print(f"  {mark} {r['scenario']:<{width}}  direct: {r['direct']:<42} federated: {r['federated']}")
+        print(f"  {r['verdict']:<6} {r['scenario']:<{width}}  direct: {r['direct']:<42} federated: {r['federated']}")
         for d in r["differences"]:
             print(f"       {d['check']}: direct={d['direct']} federated={d['federated']}")
             for m in d.get("direct_messages", []):
@@ -238,7 +247,8 @@ def print_leg(name: str, seconds: float, rows: list[dict[str, Any]]) -> None:
                 print(f"         [federated] {m}")
         if not r["same"]:
             for t in TARGETS:
-                print(f"       mock saw ({t}): {' '.join(r['mock_saw'][t])}")
+                if r["mock_saw"][t]:
+                    print(f"       mock saw ({t}): {' '.join(r['mock_saw'][t])}")
 
 
 def main() -> int:

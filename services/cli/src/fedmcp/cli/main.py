@@ -22,7 +22,7 @@ from fedmcp.cli import inspect
 from fedmcp.cli.up import run_up
 from fedmcp.edge.main import main as edge_main
 from fedmcp.manager.main import main as manager_main
-from fedmcp.shared import logs, telemetry
+from fedmcp.shared import logs, runner, telemetry
 from fedmcp.shared.config import Config, load_mcp_json, load_toml
 
 
@@ -53,7 +53,7 @@ def up(config_path: str, mcp_json: str | None, nats_url: str | None, port: int |
         raise click.UsageError(f"no servers configured (looked in {config_path}; try --mcp-json)")
     logs.configure("up", region=config.region)
     telemetry.configure("up", region=config.region)
-    anyio.run(partial(run_up, config, nats_url=nats_url or config.nats_url))
+    runner.run(partial(run_up, config, nats_url=nats_url or config.nats_url))
 
 
 @cli.command("ls")

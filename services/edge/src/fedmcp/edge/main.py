@@ -8,7 +8,7 @@ import anyio
 import click
 from fedmcp.edge.http import serve_http
 from fedmcp.edge.runtime import edge_runtime
-from fedmcp.shared import chunks, logs, telemetry
+from fedmcp.shared import chunks, logs, runner, telemetry
 from fedmcp.shared.ops_http import bind
 from fedmcp.shared.signals import stop_on_signals
 from fedmcp.shared.subjects import DEFAULT_PREFIX
@@ -58,9 +58,9 @@ def main(
     logs.configure("edge", region=region)
     telemetry.configure("edge", region=region)
     if stdio:
-        anyio.run(run_stdio, nats_url, prefix)
+        runner.run(partial(run_stdio, nats_url, prefix))
     else:
-        anyio.run(partial(run_http, nats_url, prefix, host, port, path, max_body_bytes, request_timeout))
+        runner.run(partial(run_http, nats_url, prefix, host, port, path, max_body_bytes, request_timeout))
 
 
 if __name__ == "__main__":

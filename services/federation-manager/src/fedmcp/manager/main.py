@@ -8,7 +8,7 @@ import anyio
 import click
 import structlog
 from fedmcp.manager.registry import Registry
-from fedmcp.shared import buckets, bus, discovery, logs, telemetry
+from fedmcp.shared import buckets, bus, discovery, logs, runner, telemetry
 from fedmcp.shared.ops_http import bind, serve_ops
 from fedmcp.shared.signals import stop_on_signals
 from fedmcp.shared.subjects import DEFAULT_PREFIX, Subjects
@@ -100,7 +100,7 @@ def main(nats_url: str, prefix: str, region: str, evict_after: float, http_port:
     logs.configure("manager", region=region)
     telemetry.configure("manager", region=region)
     http = (http_host, http_port) if http_port is not None else None
-    anyio.run(partial(_serve, nats_url, prefix, evict_after, http))
+    runner.run(partial(_serve, nats_url, prefix, evict_after, http))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from functools import partial
 import anyio
 import click
 from fedmcp.adapter.service import Adapter
-from fedmcp.shared import bus, logs, telemetry
+from fedmcp.shared import bus, logs, runner, telemetry
 from fedmcp.shared.config import BackingServer, decode_server, load_toml
 from fedmcp.shared.ops_http import bind, serve_ops
 from fedmcp.shared.signals import stop_on_signals
@@ -85,7 +85,7 @@ def main(
     else:
         raise click.UsageError("give --config or --server-json")
     try:
-        anyio.run(
+        runner.run(
             partial(
                 serve,
                 nats_url,
