@@ -13,6 +13,7 @@ import anyio
 import msgspec
 import pytest
 from conftest import federation, python_server
+from fedmcp.cli.inspect import read_state
 from fedmcp.shared import jsonrpc
 from fedmcp.shared.natsserver import NatsServer
 from mcp import Client
@@ -36,6 +37,16 @@ def start_adapter(nats_url: str, ledger: Path, log: Path) -> subprocess.Popen[by
     args = [sys.executable, "-m", "fedmcp.adapter.main", "--nats-url", nats_url, "--name", "ledger"]
     with log.open("wb") as out:
         return subprocess.Popen([*args, "--heartbeat", "0.5", "--server-json", server], stdout=out, stderr=out)
+
+
+async def registered(nats_url: str, server: str, count: int) -> None:
+    """Until the registry lists `count` instances of `server`."""
+    with anyio.fail_after(20):
+        while True:
+            _, instances = await read_state(nats_url, "fedmcp")
+            if sum(1 for i in instances if i.server == server) >= count:
+                return
+            await anyio.sleep(0.1)
 
 
 async def runs(ledger: Path, expected: int) -> list[tuple[str, int]]:
@@ -128,9 +139,10 @@ async def test_rolling_restart_of_every_adapter_under_load_fails_no_call(
                 await anyio.to_thread.run_sync(old.wait, 30)
                 assert old.returncode == 0
                 replicas[i] = start_adapter(nats_server.url, ledger, tmp_path / f"adapter{i}-new.log")
+                await registered(nats_server.url, "ledger", 2)  # as an operator waits for readiness
                 target, reached = done + 20, anyio.Event()  # calls keep completing, on the new replica too
                 with anyio.fail_after(30):
                     await reached.wait()
             stop.set()
-        assert failures == []
+        assert failures == [], failures[:3]
         assert done > 40

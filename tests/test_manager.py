@@ -73,3 +73,22 @@ async def test_adapters_and_managers_answer_srv_ping(nats_server: NatsServer) ->
         assert sorted(a["metadata"]["server"] for a in adapters) == ["one", "two"]
         assert {a["type"] for a in adapters} == {"io.nats.micro.v1.ping_response"}
         assert len(managers) == 1
+
+
+async def test_two_managers_one_leader_and_takeover(nats_server: NatsServer) -> None:
+    async with federation(nats_server.url, manager=False) as fed:
+        stops = [anyio.Event(), anyio.Event()]
+        async with anyio.create_task_group() as tg:
+            for stop in stops:
+                await tg.start(
+                    lambda task_status, stop=stop: run_manager(
+                        nats_server.url, evict_after=2, stop=stop, task_status=task_status
+                    )
+                )
+            await fed.add_server("demo", demo_server())
+            stops[0].set()  # the first manager (the leader: it started first) goes away
+            await fed.add_server("late", demo_server())  # the follower has taken over and registers it
+            catalogs, instances = await read_state(nats_server.url, "fedmcp")
+            assert set(catalogs) == {"demo", "late"}
+            assert sorted(i.server for i in instances) == ["demo", "late"]
+            stops[1].set()

@@ -12,13 +12,13 @@ per scenario and runs ``<command> <mock url>`` with MCP_CONFORMANCE_SCENARIO (an
    as the adapter published it in the catalogs bucket (no traffic to the mock is added);
 4. runs the SDK conformance client with the same environment against the EDGE url;
 5. stops the federation and NATS, and exits with the client's exit code
-   (124: the client timed out, 125: the federation never became ready).
+   (124: the client timed out, 125: the federation never became ready, 143: stopped by a signal).
 
-Diagnostics go to stderr (the harness saves it as stderr.txt next to checks.json);
+Diagnostics go to stderr (with ``-o DIR`` the harness saves it as stderr.txt next to checks.json);
 fedmcp's own log is kept in the work dir (``--work-dir``, else a temp dir kept on failure).
 
 Run by run_client.py; by hand:
-  PORT_BASE=15700 .conformance/node22/node_modules/.bin/node -r scripts/conformance/bind_localhost.cjs \\
+  PORT_BASE=15700 .conformance/node22/node_modules/.bin/node -r ./scripts/conformance/bind_localhost.cjs \\
     .conformance/npm/node_modules/conf-a11/dist/index.js client --scenario tools_call \\
     --command ".venv/bin/python scripts/conformance/client_shim.py"
 """
@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -69,12 +70,23 @@ def log(msg: str) -> None:
     print(f"[client-shim {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+STOP = threading.Event()
+"""Set by SIGTERM/SIGHUP/SIGINT (e.g. the harness's timeout kill). Checked by every wait below;
+a handler that raised instead could land inside any asyncio task (nats-py's) and be lost."""
+
+
 class Stopped(Exception):
-    """SIGTERM/SIGHUP/SIGINT (e.g. the harness's timeout kill): tear down, then exit."""
+    """A stop signal was noticed: tear down, then exit."""
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    raise Stopped(signal.Signals(signum).name)
+    STOP.set()
+    os.write(2, f"[client-shim] {signal.Signals(signum).name}: stopping\n".encode())
+
+
+def check_stop() -> None:
+    if STOP.is_set():
+        raise Stopped("signal")
 
 
 def federation_toml(mock_url: str, data_dir: Path, edge_port: int, era: str | None) -> str:
@@ -156,6 +168,7 @@ def wait_ready(
     edge_ready = False
     last = ""
     while True:
+        check_stop()
         stage = "readyz" if not edge_ready else "catalog" if catalog is None else "edge lists"
         if fed.poll() is not None:
             raise RuntimeError(f"`fedmcp up` exited with {fed.returncode} while waiting ({stage}: {last})")
@@ -278,23 +291,26 @@ def main(argv: list[str]) -> int:
         )
 
         c0 = time.monotonic()
+        check_stop()
         client = subprocess.Popen([*shlex.split(ns.client), edge_url], start_new_session=True)  # inherits env/stdio
-        try:
-            rc = client.wait(ns.client_timeout)
-        except subprocess.TimeoutExpired:
-            log(f"conformance client still running after {ns.client_timeout}s: killed")
-            kill_group(client)
-            rc = 124
+        client_deadline = c0 + ns.client_timeout
+        while (code := client.poll()) is None:
+            check_stop()
+            if time.monotonic() > client_deadline:
+                log(f"conformance client still running after {ns.client_timeout}s: killed")
+                kill_group(client)
+                code = 124
+                break
+            with suppress(subprocess.TimeoutExpired):
+                client.wait(0.2)  # bounded: the loop notices a stop signal within 0.2 s
+        rc = code if code >= 0 else 128 - code  # killed by signal N: 128+N, as a shell reports it
         log(f"conformance client exited {rc} after {time.monotonic() - c0:.1f}s")
         return rc
-    except Stopped as exc:
-        log(f"stopped by {exc}")
+    except Stopped:
+        log("stopped by a signal")
         rc = 143
         return rc
     finally:
-        # Teardown never raises Stopped half-way: ignore further signals while cleaning up.
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)
         if client is not None:
             kill_group(client)
         if fed is not None:

@@ -9,6 +9,8 @@ from nats.js.kv import KeyValue
 
 REGISTRY = "registry"
 """key `<server>.<instance>` -> `Instance`; written by the manager only."""
+LEASES = "leases"
+"""key `manager` -> the lease of the manager that writes the registry and catalogs buckets."""
 CATALOGS = "catalogs"
 """key `<server>` -> `CatalogEntry`; written by the manager only, watched by edges."""
 

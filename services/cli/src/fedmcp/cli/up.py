@@ -66,7 +66,13 @@ async def run_up(config: Config, *, nats_url: str | None, ready_timeout: float =
             async with edge_runtime(
                 nats_url, prefix=config.prefix, request_timeout=config.edge.request_timeout
             ) as edge:
-                with anyio.move_on_after(ready_timeout):
+                with anyio.move_on_after(ready_timeout) as waiting:
+
+                    async def cancel_on_stop() -> None:
+                        await stop.wait()  # Ctrl-C while servers are still starting
+                        waiting.cancel()
+
+                    tg.start_soon(cancel_on_stop)
                     for adapter in adapters:
                         await adapter.ready.wait()
                     await edge.view.wait_until(lambda table: set(config.servers) <= set(table.servers))

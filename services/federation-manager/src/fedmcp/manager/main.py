@@ -7,6 +7,7 @@ from functools import partial
 import anyio
 import click
 import structlog
+from fedmcp.manager import lease
 from fedmcp.manager.registry import Registry
 from fedmcp.shared import buckets, bus, discovery, logs, runner, telemetry
 from fedmcp.shared.ops_http import bind, serve_ops
@@ -44,21 +45,31 @@ async def run_manager(
         micro = await discovery.register(
             nc, discovery.MANAGER, "0.1.0", {"prefix": prefix}, "fedmcp federation manager"
         )
+        registry.leader = False  # until the lease says otherwise
         await registry.load()
-        log.info("manager running", prefix=prefix)
-        task_status.started()
+        leases = await buckets.open_bucket(js, subjects, buckets.LEASES)
+        me = micro.id
+
+        async def leadership(leading: bool) -> None:
+            if leading:
+                await registry.lead()
+            else:
+                registry.leader = False
+
         stop = stop or anyio.Event()
-        with anyio.CancelScope() as scope:
 
-            async def evictor() -> None:
-                while True:
-                    await anyio.sleep(evict_after / 3)
-                    await registry.evict_silent()
+        async def evictor() -> None:
+            while True:
+                await anyio.sleep(evict_after / 3)
+                await registry.evict_silent()
 
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(evictor)
-                await stop.wait()
-                scope.cancel()
+        async with anyio.create_task_group() as tg:
+            await tg.start(lambda task_status: lease.hold(leases, me, leadership, task_status=task_status))
+            tg.start_soon(evictor)
+            log.info("manager running", prefix=prefix, leading=registry.leader)
+            task_status.started()
+            await stop.wait()
+            tg.cancel_scope.cancel()
         for sub in subs:
             await sub.unsubscribe()
         await micro.stop()

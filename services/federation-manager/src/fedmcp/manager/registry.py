@@ -34,6 +34,28 @@ class Registry:
     _seen: dict[tuple[str, str], float] = field(default_factory=dict)
     _conflicts: list[str] = field(default_factory=list)
     _loaded_at: float = field(default_factory=time.monotonic)
+    _empty_since: dict[str, float] = field(default_factory=dict)
+    leader: bool = True
+    """Only the leader writes the buckets and publishes; a follower keeps the same view in memory
+    so it can take over at once (see lease.py)."""
+
+    async def _put(self, kv: KeyValue, key: str, value: bytes) -> None:
+        if self.leader:
+            await kv.put(key, value)
+
+    async def _delete(self, kv: KeyValue, key: str) -> None:
+        if self.leader:
+            await kv.delete(key)
+
+    async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        if self.leader:
+            await self.nc.publish(subject, payload, headers=headers)
+
+    async def lead(self) -> None:
+        """Take over writing: ask every adapter to announce, so the buckets match what is running."""
+        self.leader = True
+        for server in {s for s, _ in self.instances} | set(self.catalogs):
+            await self._publish(self.subjects.reannounce(server), b"", headers.base())
 
     @staticmethod
     def _key(instance: Instance) -> str:
@@ -53,7 +75,7 @@ class Registry:
                 self.instances[(inst.server, inst.instance)] = inst
                 self._seen[(inst.server, inst.instance)] = now
         for server in {s for s, _ in self.instances} | set(self.catalogs):
-            await self.nc.publish(self.subjects.reannounce(server), b"", headers=headers.base())
+            await self._publish(self.subjects.reannounce(server), b"", headers=headers.base())
 
     async def on_announce(self, msg: Msg) -> None:
         if not headers.speaks_our_protocol(msg.headers):
@@ -73,7 +95,7 @@ class Registry:
             inst.catalog_digest and (known is None or known.digest != inst.catalog_digest)
         ):
             # A manager that restarted, or a catalog it missed: ask for the full story.
-            await self.nc.publish(self.subjects.reannounce(inst.server), b"", headers=headers.base())
+            await self._publish(self.subjects.reannounce(inst.server), b"", headers=headers.base())
         await self._upsert(inst)
 
     async def on_goodbye(self, msg: Msg) -> None:
@@ -87,7 +109,8 @@ class Registry:
         is_new = key not in self.instances
         self.instances[key] = inst
         self._seen[key] = time.monotonic()
-        await self.instances_kv.put(self._key(inst), envelopes.encode(inst))
+        self._empty_since.pop(inst.server, None)
+        await self._put(self.instances_kv, self._key(inst), envelopes.encode(inst))
         if is_new:
             metrics.REGISTRY_INSTANCES.labels(inst.server).set(len(self._instance_ids(inst.server)))
             log.info("instance joined", server=inst.server, instance=inst.instance, region=inst.region)
@@ -103,8 +126,8 @@ class Registry:
         self.catalogs[inst.server] = CatalogEntry(
             catalog=announce.catalog, digest=digest, settings=inst.settings, instances=self._instance_ids(inst.server)
         )
-        await self.catalogs_kv.put(inst.server, envelopes.encode(self.catalogs[inst.server]))
-        await self.nc.publish(self.subjects.catalog_changed(inst.server), digest.encode(), headers=headers.base())
+        await self._put(self.catalogs_kv, inst.server, envelopes.encode(self.catalogs[inst.server]))
+        await self._publish(self.subjects.catalog_changed(inst.server), digest.encode(), headers=headers.base())
         log.info("catalog changed", server=inst.server, digest=digest, tools=len(announce.catalog.tools))
         self._report_conflicts()
 
@@ -112,7 +135,7 @@ class Registry:
         return sorted(i for s, i in self.instances if s == server)
 
     async def _routes_changed(self, server: str) -> None:
-        await self.nc.publish(
+        await self._publish(
             self.subjects.route_changed(server), envelopes.encode(self._instance_ids(server)), headers=headers.base()
         )
 
@@ -120,20 +143,22 @@ class Registry:
         if self.instances.pop((server, instance), None) is None:
             return
         self._seen.pop((server, instance), None)
-        await self.instances_kv.delete(f"{server}.{instance}")
+        await self._delete(self.instances_kv, f"{server}.{instance}")
         metrics.REGISTRY_INSTANCES.labels(server).set(len(self._instance_ids(server)))
         if reason == "missed heartbeats":
             metrics.EVICTIONS.labels(server).inc()
         log.info("instance left", server=server, instance=instance, reason=reason)
         await self._routes_changed(server)
-        if not self._instance_ids(server) and server in self.catalogs:
-            await self._drop_catalog(server)
+        if not self._instance_ids(server):
+            # Not dropped at once: a restarting single replica would make its tools blink
+            # out of every client's list. Dropped by evict_silent if nobody comes back.
+            self._empty_since.setdefault(server, time.monotonic())
 
     async def _drop_catalog(self, server: str) -> None:
         """The last instance is gone: the server leaves the federation's catalog."""
         del self.catalogs[server]
-        await self.catalogs_kv.delete(server)
-        await self.nc.publish(self.subjects.catalog_changed(server), b"", headers=headers.base())
+        await self._delete(self.catalogs_kv, server)
+        await self._publish(self.subjects.catalog_changed(server), b"", headers=headers.base())
         log.info("server left the federation", server=server)
         self._report_conflicts()
 
@@ -142,10 +167,13 @@ class Registry:
         for (server, instance), seen in list(self._seen.items()):
             if seen < cutoff:
                 await self._remove(server, instance, reason="missed heartbeats")
-        # A catalog loaded from KV whose instances never came back (they died while
-        # no manager was running) leaves once its grace period has passed.
-        if time.monotonic() - self._loaded_at > self.evict_after:
-            for server in [s for s in self.catalogs if not self._instance_ids(s)]:
+        # A server whose last instance left (or, loaded from KV, never came back) leaves the
+        # catalog once the grace period has passed without an instance returning.
+        now = time.monotonic()
+        for server in [s for s in self.catalogs if not self._instance_ids(s)]:
+            since = self._empty_since.setdefault(server, self._loaded_at)
+            if now - since > self.evict_after:
+                self._empty_since.pop(server, None)
                 await self._drop_catalog(server)
 
     def _report_conflicts(self) -> None:

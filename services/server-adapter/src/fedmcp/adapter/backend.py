@@ -32,7 +32,9 @@ from fedmcp.shared.config import BackingServer
 from fedmcp.shared.envelopes import Catalog, Freshness, combine
 from mcp import Client
 from mcp.shared.dispatcher import ProgressFnT
+from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from pydantic import ValidationError
 
 __all__ = ["Asker", "Backend", "BackendUnavailable", "Sink", "read_catalog"]
 
@@ -241,14 +243,19 @@ async def read_catalog(name: str, client: Client) -> Catalog:
     for method, key in LIST_METHODS.items():
         items: list[dict[str, Any]] = []
         if offered[method]:
-            cursor: str | None = None
-            for _ in range(_MAX_PAGES):
-                page = await raw_request(client, method, {"cursor": cursor} if cursor else None, timeout=30)
-                items.extend(page.get(key) or [])
-                hints[key] = combine(hints.get(key), Freshness.of(page))
-                cursor = page.get("nextCursor")
-                if not cursor:
-                    break
+            try:
+                cursor: str | None = None
+                for _ in range(_MAX_PAGES):
+                    page = await raw_request(client, method, {"cursor": cursor} if cursor else None, timeout=30)
+                    items.extend(page.get(key) or [])
+                    hints[key] = combine(hints.get(key), Freshness.of(page))
+                    cursor = page.get("nextCursor")
+                    if not cursor:
+                        break
+            except (MCPError, ValidationError) as exc:
+                # One broken list must not take the whole server out of the federation.
+                log.warning("backing server list failed; treated as empty", server=name, method=method, error=str(exc))
+                items = []
         lists[key] = items
     info = client.server_info
     return Catalog(
