@@ -72,6 +72,7 @@ class Backend:
         )
         self._legacy: BackingConnection | None = None
         self._relist = anyio.Event()
+        self._closing = anyio.Event()
         self._list_changes: dict[str, int] = {}
         self._tg: TaskGroup | None = None
         self.catalog: Catalog | None = None
@@ -118,6 +119,18 @@ class Backend:
             self._tg = tg
             tg.start_soon(self.primary.run)
             tg.start_soon(self._relister)
+            await self._closing.wait()
+            sessions = [s for s in (self.primary, self._legacy) if s is not None]
+            for session in sessions:
+                session.close()
+            with anyio.move_on_after(5):
+                for session in sessions:
+                    await session.finished.wait()
+            tg.cancel_scope.cancel()
+
+    def close(self) -> None:
+        """Close the backing sessions gracefully; `run` returns when they are closed."""
+        self._closing.set()
 
     # -- resource subscriptions (ref-counted across edges) --------------------------
     async def _resubscribe(self, client: Client) -> None:

@@ -105,6 +105,14 @@ class BackingConnection:
         self.state = "starting"
         self.in_flight: dict[int, CallHooks] = {}
         self._ids = 0
+        self._closing = False
+        self.finished = anyio.Event()
+        """Set when `run` has returned (closed on purpose, or a `once` session that failed)."""
+
+    def close(self) -> None:
+        """End the session gracefully (an HTTP session is deleted, a stdio child sees EOF)."""
+        self._closing = True
+        self._lost.set()
 
     @property
     def protocol_version(self) -> str | None:
@@ -121,6 +129,12 @@ class BackingConnection:
 
     # -- supervision ------------------------------------------------------------
     async def run(self) -> None:
+        try:
+            await self._supervise()
+        finally:
+            self.finished.set()
+
+    async def _supervise(self) -> None:
         backoff = self._backoff_initial
         while True:
             started = anyio.current_time()
@@ -131,6 +145,9 @@ class BackingConnection:
                 log.warning("backing server connection failed", server=self.name, mode=self.mode, error=repr(exc))
             self.client = None
             self.state = "restarting"
+            if self._closing:
+                self.state = "closed"
+                return
             if self._once and not connected:
                 self.failed = True
                 self._ready.set()

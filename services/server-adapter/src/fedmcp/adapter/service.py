@@ -373,7 +373,13 @@ class Adapter:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as background:
-            background.start_soon(self.backend.run)
+            backend_closed = anyio.Event()
+
+            async def run_backend() -> None:
+                await self.backend.run()
+                backend_closed.set()
+
+            background.start_soon(run_backend)
             # In-flight requests live in their own group so that a drain can wait
             # for them while the backing connection is still open.
             async with anyio.create_task_group() as work:
@@ -400,6 +406,10 @@ class Adapter:
                     await self._drain([requests, reannounce], [cancels, pings])
                     with anyio.move_on_after(2):
                         await micro.stop()
+                    # In-flight work is done: now close the backing sessions gracefully.
+                    self.backend.close()
+                    with anyio.move_on_after(6):
+                        await backend_closed.wait()
                 work.cancel_scope.cancel()
             background.cancel_scope.cancel()
 
