@@ -69,7 +69,8 @@ class NatsServer:
             )
             args = [binary(), "-c", str(conf)]
         log = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
-        self.process = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+        # Relative store_dir paths in a config file resolve against the data directory.
+        self.process = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True, cwd=self.data_dir)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

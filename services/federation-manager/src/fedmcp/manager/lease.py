@@ -54,10 +54,10 @@ async def hold(
 async def _attempt(kv: KeyValue, me: str, ttl: float) -> bool:
     value = msgspec.json.encode(Lease(holder=me, expires=time.time() + ttl))
     try:
-        entry = await kv.get(KEY)
-    except KeyNotFoundError:
-        entry = None
-    try:
+        try:
+            entry = await kv.get(KEY)
+        except KeyNotFoundError:
+            entry = None
         if entry is None or not entry.value:
             await kv.create(KEY, value)
             return True
