@@ -120,7 +120,11 @@ def test_example_config_and_mcp_json(tmp_path: Path) -> None:
         load_toml(bad)
 
 
-@pytest.mark.parametrize("conf", sorted((ROOT / "deploy" / "nats").rglob("*.conf")), ids=lambda p: str(p.relative_to(ROOT / "deploy" / "nats")))
+@pytest.mark.parametrize(
+    "conf",
+    sorted((ROOT / "deploy" / "nats").rglob("*.conf")),
+    ids=lambda p: str(p.relative_to(ROOT / "deploy" / "nats")),
+)
 def test_nats_configs_are_valid(conf: Path) -> None:
     result = subprocess.run([binary(), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr + result.stdout
