@@ -96,10 +96,6 @@ class Subjects:
         """Published by the manager when a server's set of instances changes."""
         return f"{self.prefix}.evt.route.{server}"
 
-    def control_events(self) -> str:
-        """Everything the manager publishes, for observers such as `fedmcp ls --watch`."""
-        return f"{self.prefix}.evt.>"
-
     def reannounce(self, server: str) -> str:
         """Asks every adapter of a server to announce again (manager restart, unknown catalog)."""
         return f"{self.prefix}.ctl.reannounce.{server}"

@@ -25,10 +25,6 @@ class Edge:
     federated: FederatedServer
     edge_id: str
 
-    @property
-    def ready(self) -> bool:
-        return bool(self.nc.is_connected) and self.view.loaded.is_set()
-
 
 def new_edge_id() -> str:
     return f"edge-{os.getpid()}-{uuid.uuid4().hex[:8]}"
