@@ -113,3 +113,21 @@ async def test_silent_adapter_is_evicted_and_clients_see_the_change(nats_server:
         async with Client(fed.url) as client:
             names = {t.name for t in (await client.list_tools()).tools}
             assert "doomed_add" not in names and "probe_pid" in names
+
+
+async def test_a_pool_of_backing_sessions_shares_the_load(nats_server: NatsServer) -> None:
+    async with federation(nats_server.url) as fed:
+        adapter = await fed.add_server("probe", python_server("probe_server.py", pool=2))
+        with anyio.fail_after(20):
+            for session in adapter.backend.extra:
+                await session.wait_ready()
+        pids: list[object] = []
+        async with Client(fed.url) as client, anyio.create_task_group() as tg:
+
+            async def slow_pid() -> None:
+                pids.append((await client.call_tool("probe_slow_pid", {"seconds": 0.5})).structured_content)
+
+            tg.start_soon(slow_pid)
+            tg.start_soon(slow_pid)
+        # Two calls at once went to the two sessions (two processes), not both to one.
+        assert len(pids) == 2 and pids[0] != pids[1]

@@ -48,6 +48,13 @@ def cancelled() -> list[float]:
 
 
 @mcp.tool()
+async def slow_pid(seconds: float) -> int:
+    """The process id, after a while (to see which pooled session served a call)."""
+    await anyio.sleep(seconds)
+    return os.getpid()
+
+
+@mcp.tool()
 def fail(reason: str) -> str:
     """Always fails, as a broken tool would."""
     raise ValueError(reason)

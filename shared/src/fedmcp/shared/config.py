@@ -32,6 +32,11 @@ class BackingServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     (initialize only) or a 2026-07-28+ version to pin."""
     replicas: int = 1
     """Adapter processes `fedmcp up` starts for this server."""
+    pool: int = 1
+    """Backing sessions each adapter keeps (stdio: one process each, each with its own state);
+    calls go to the least busy one."""
+    max_concurrency: int = 64
+    """Calls one adapter runs at once; beyond it the adapter answers busy and the edge tries elsewhere."""
 
     def check(self, name: str) -> None:
         check_token(name, "server name")

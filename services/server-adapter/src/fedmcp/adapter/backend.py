@@ -70,6 +70,8 @@ class Backend:
             on_resource_updated=self.subscriptions.updated,
             on_session=self._resubscribe,
         )
+        # Extra sessions of the pool (`pool` > 1): plain sessions, the primary keeps the catalog.
+        self.extra = [BackingConnection(name, config, config.era) for _ in range(max(0, config.pool - 1))]
         self._legacy: BackingConnection | None = None
         self._relist = anyio.Event()
         self._closing = anyio.Event()
@@ -118,9 +120,11 @@ class Backend:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self.primary.run)
+            for session in self.extra:
+                tg.start_soon(session.run)
             tg.start_soon(self._relister)
             await self._closing.wait()
-            sessions = [s for s in (self.primary, self._legacy) if s is not None]
+            sessions = [s for s in (self.primary, *self.extra, self._legacy) if s is not None]
             for session in sessions:
                 session.close()
             with anyio.move_on_after(5):
@@ -157,7 +161,11 @@ class Backend:
     async def _session_for(self, front_version: str | None) -> BackingConnection:
         """The primary session, or for a handshake-era client of a 2026-07-28 session the
         handshake-era companion (opened on first use), when the server accepts one."""
-        primary = self.primary
+        primary = min(
+            (s for s in (self.primary, *self.extra) if s.client is not None),
+            key=lambda s: len(s.in_flight),
+            default=self.primary,
+        )  # the least busy connected session of the pool
         companion = self.config.era_companion
         if companion is None:
             companion = self.config.url is not None

@@ -85,7 +85,7 @@ class Adapter:
         drain_timeout: float = 30.0,
         version: str = "0.1.0",
         max_payload_bytes: int = chunks.DEFAULT_LIMIT,
-        max_concurrency: int = 64,
+        max_concurrency: int | None = None,
     ) -> None:
         self.nc = nc
         self.name = name
@@ -95,7 +95,7 @@ class Adapter:
         self.restart_wait = restart_wait
         self.drain_timeout = drain_timeout
         self.max_payload_bytes = max_payload_bytes
-        self.max_concurrency = max_concurrency
+        self.max_concurrency = config.max_concurrency if max_concurrency is None else max_concurrency
         self.instance = Instance(
             server=name,
             instance=instance_id or new_instance_id(),
