@@ -146,3 +146,23 @@ async def test_rolling_restart_of_every_adapter_under_load_fails_no_call(
             stop.set()
         assert failures == [], failures[:3]
         assert done > 40
+
+
+async def test_load_spreads_evenly_across_three_replicas(nats_server: NatsServer, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.txt"
+    async with federation(nats_server.url) as fed:
+        server = python_server("ledger.py", env={"LEDGER": str(ledger)})
+        replicas = [await fed.add_server("ledger", server) for _ in range(3)]
+        calls = 900
+        async with Client(fed.url) as client, anyio.create_task_group() as tg:
+
+            async def worker(n: int) -> None:
+                for _ in range(n):
+                    await client.call_tool("ledger_balance", {"seconds": 0})
+
+            for _ in range(9):
+                tg.start_soon(worker, calls // 9)
+        served = [r.served for r in replicas]
+        assert sum(served) == calls
+        # NATS picks a queue member at random: 300 +/- 15% is more than 3 standard deviations.
+        assert all(abs(s - calls / 3) <= 0.15 * calls / 3 for s in served), served

@@ -115,6 +115,8 @@ class Adapter:
         self._scopes: dict[str, anyio.CancelScope] = {}
         """In-flight calls by reply subject, so an edge's cancel can reach them."""
         self._asks = 0
+        self.served = 0
+        """Requests this instance has taken (spread across replicas is observable)."""
         self.took_work = anyio.Event()
         """Set once the first request arrived (lets tests and drains observe in-flight work)."""
 
@@ -172,6 +174,7 @@ class Adapter:
         # to the task group so slow tool calls do not queue behind each other.
         assert self._tg is not None
         self._inflight += 1
+        self.served += 1
         self.took_work.set()
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         self._tg.start_soon(self._serve, msg)
