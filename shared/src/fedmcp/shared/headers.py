@@ -57,9 +57,9 @@ def deadline_in(seconds: float) -> str:
     return str(int((time.time() + seconds) * 1000))
 
 
-def remaining(headers: Mapping[str, str] | None, default: float) -> float:
-    """Seconds left before the request's deadline (negative when expired)."""
-    raw = headers.get(DEADLINE) if headers else None
+def remaining(headers: Mapping[str, str] | None, default: float, *, name: str = DEADLINE) -> float:
+    """Seconds left before the time in header `name` (the deadline by default); negative when past."""
+    raw = headers.get(name) if headers else None
     if raw is None:
         return default
     try:

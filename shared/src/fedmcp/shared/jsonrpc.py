@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from mcp.shared.exceptions import MCPError
 from pydantic import RootModel
 
 # Spec-defined codes.
@@ -75,6 +76,18 @@ def decode_request(data: bytes | bytearray) -> Request:
 
 def decode_response(data: bytes | bytearray) -> Response:
     return _response_decoder.decode(data)
+
+
+def result_of(data: bytes | bytearray) -> Any:
+    """The result of a JSON-RPC response; its error raised as MCPError."""
+    try:
+        response = decode_response(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MCPError(code=INTERNAL_ERROR, message="unreadable JSON-RPC response on the bus") from exc
+    if response.error is not None:
+        err = response.error
+        raise MCPError(code=err.code, message=err.message, data=err.data)
+    return response.result if response.result is not None else {}
 
 
 def encode_request(method: str, params: dict[str, Any] | None, request_id: RequestId) -> bytes:

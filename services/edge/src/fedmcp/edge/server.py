@@ -27,7 +27,6 @@ from mcp.server import Server, ServerRequestContext
 from mcp.server.caching import CacheHint
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.models import InitializationOptions
-from mcp.server.session import ServerSession
 from mcp.server.subscriptions import (
     InMemorySubscriptionBus,
     ListenHandler,
@@ -38,13 +37,13 @@ from mcp.server.subscriptions import (
 )
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
+from mcp_types import CLIENT_CAPABILITIES_META_KEY, LOG_LEVEL_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 log = structlog.get_logger("fedmcp.edge")
 
 RESERVED_META_PREFIX = "io.modelcontextprotocol/"
-LOG_LEVEL_META_KEY = "io.modelcontextprotocol/logLevel"
 INPUT_REQUIRED = "input_required"
 INPUT_KEY = "fedmcp"
 MAX_INPUT_ROUNDS = 10
@@ -66,19 +65,14 @@ def _version() -> str:
 
 
 def forward_params(ctx: ServerRequestContext[Any, Any]) -> Params:
-    params: Params = dict(ctx.params or {})
-    meta = params.get("_meta")
-    if isinstance(meta, dict):
-        kept = {k: v for k, v in meta.items() if not k.startswith(RESERVED_META_PREFIX)}
-        if kept:
-            params["_meta"] = kept
-        else:
-            del params["_meta"]
+    """The client's params for the next hop, without this hop's envelope."""
+    params: Params = _strip_reserved_meta(dict(ctx.params or {}))
     return params
 
 
 def _strip_reserved_meta(result: Any) -> Any:
-    """The backing server's envelope (serverInfo, ...) must not pose as the edge's."""
+    """Drop `io.modelcontextprotocol/*` `_meta` keys: each hop mints its own envelope, and the
+    backing server's (serverInfo, ...) must not pose as the edge's."""
     if isinstance(result, dict):
         meta = result.get("_meta")
         if isinstance(meta, dict):
@@ -114,9 +108,14 @@ def client_can(caps: types.ClientCapabilities | None, method: str) -> bool:
     return False
 
 
-def client_capabilities(session: ServerSession) -> dict[str, Any]:
-    """What the client declared (per request in 2026-07-28, per session before), for the backing hop."""
-    caps = session.client_capabilities
+def client_capabilities(ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+    """What the client declared, for the backing hop: 2026-07-28 clients say it in each request's
+    envelope (taken as sent, no model round trip); earlier ones once per session."""
+    meta = (ctx.params or {}).get("_meta")
+    declared = meta.get(CLIENT_CAPABILITIES_META_KEY) if isinstance(meta, dict) else None
+    if isinstance(declared, dict):
+        return declared
+    caps = ctx.session.client_capabilities
     return caps.model_dump(mode="json", by_alias=True, exclude_none=True) if caps is not None else {}
 
 
@@ -314,7 +313,7 @@ class FederatedServer:
             log_level=self._log_level(ctx),
             on_notify=on_notify,
             on_request=on_request,
-            capabilities=client_capabilities(session),
+            capabilities=client_capabilities(ctx),
         )
         token = params.get("requestState")
         if modern and isinstance(token, str) and token.startswith(SEALED_PREFIX):

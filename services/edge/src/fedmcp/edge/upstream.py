@@ -339,7 +339,7 @@ class Upstream:
                     call.instances.append(frame.instance)
                 continue
             if frame.kind == headers.Kind.RESULT:
-                return _result_of(frame.data)
+                return jsonrpc.result_of(frame.data)
             if frame.kind == headers.Kind.NOTIFY and on_notify is not None:
                 try:
                     note = _notification_decoder.decode(frame.data)
@@ -377,14 +377,3 @@ class Upstream:
             )
             return None
         return await on_request(request.method, request.params or {}, frame.reply, request.id)
-
-
-def _result_of(data: bytes | bytearray) -> Any:
-    try:
-        response = jsonrpc.decode_response(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise MCPError(code=jsonrpc.INTERNAL_ERROR, message="adapter sent an unreadable response") from exc
-    if response.error is not None:
-        err = response.error
-        raise MCPError(code=err.code, message=err.message, data=err.data)
-    return response.result if response.result is not None else {}

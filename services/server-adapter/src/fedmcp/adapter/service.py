@@ -222,23 +222,16 @@ class Adapter:
     async def _serve_one(self, msg: Msg) -> None:
         if not headers.speaks_our_protocol(msg.headers):
             got = (msg.headers or {}).get(headers.BUS, "none")
-            await self._reply(
-                msg.reply,
-                headers.Kind.RESULT,
-                jsonrpc.encode_error(
-                    None,
-                    jsonrpc.BUS_PROTOCOL_MISMATCH,
-                    f"adapter speaks fedmcp bus protocol {headers.base()[headers.BUS]}, request has {got}",
-                ),
-            )
+            ours = headers.base()[headers.BUS]
+            message = f"adapter speaks fedmcp bus protocol {ours}, request has {got}"
+            await self._fail(msg, None, jsonrpc.BUS_PROTOCOL_MISMATCH, message)
             return
         left = headers.remaining(msg.headers, self.default_timeout)
         if left <= 0:
             # The caller has given up already (e.g. a request buffered during a reconnect).
             log.info("dropped expired request", server=self.name)
             return
-        accept_by = (msg.headers or {}).get(headers.ACCEPT_BY)
-        if accept_by is not None and headers.remaining({headers.DEADLINE: accept_by}, 1.0) <= 0:
+        if headers.remaining(msg.headers, 1.0, name=headers.ACCEPT_BY) <= 0:
             # Too late to take: the edge sends it again elsewhere, so taking it could run it twice.
             log.info("dropped request past its accept-by time", server=self.name)
             return
@@ -249,26 +242,22 @@ class Adapter:
         try:
             data = await self._body(msg, left)
         except MCPError as exc:
-            await self._reply(
-                msg.reply, headers.Kind.RESULT, jsonrpc.encode_error(None, exc.error.code, exc.error.message)
-            )
+            await self._fail(msg, None, exc.error.code, exc.error.message)
             return
         try:
             request = jsonrpc.decode_request(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await self._reply(
-                msg.reply, headers.Kind.RESULT, jsonrpc.encode_error(None, jsonrpc.INVALID_REQUEST, str(exc))
-            )
+            await self._fail(msg, None, jsonrpc.INVALID_REQUEST, str(exc))
             return
-        rid = request.id
         if request.method not in SERVED_METHODS:
-            body = jsonrpc.encode_error(rid, jsonrpc.METHOD_NOT_FOUND, f"method {request.method!r} is not served")
-        else:
-            call = _Call(reply=msg.reply, deadline=anyio.current_time() + left)
-            body = await self._forward(request, call, msg.headers or {})
-            await self._reply(call.reply, headers.Kind.RESULT, body)
+            await self._fail(msg, request.id, jsonrpc.METHOD_NOT_FOUND, f"method {request.method!r} is not served")
             return
-        await self._reply(msg.reply, headers.Kind.RESULT, body)
+        call = _Call(reply=msg.reply, deadline=anyio.current_time() + left)
+        body = await self._forward(request, call, msg.headers or {})
+        await self._reply(call.reply, headers.Kind.RESULT, body)
+
+    async def _fail(self, msg: Msg, request_id: jsonrpc.RequestId | None, code: int, message: str) -> None:
+        await self._reply(msg.reply, headers.Kind.RESULT, jsonrpc.encode_error(request_id, code, message))
 
     async def _body(self, msg: Msg, left: float) -> bytes | bytearray:
         """The request's JSON-RPC bytes, pulled piece by piece from the edge when they did not fit one message."""
@@ -334,10 +323,7 @@ class Adapter:
             moved_to = (answer.headers or {}).get(headers.REPLY_TO)
             if moved_to:
                 call.reply = moved_to
-            response = jsonrpc.decode_response(answer.data)
-            if response.error is not None:
-                raise MCPError(code=response.error.code, message=response.error.message, data=response.error.data)
-            result: dict[str, Any] = response.result or {}
+            result: dict[str, Any] = jsonrpc.result_of(answer.data)
             return result
 
         try:
