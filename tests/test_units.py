@@ -101,7 +101,7 @@ def test_subjects_refuse_tokens_that_would_add_levels() -> None:
     with pytest.raises(ValueError):
         Subjects("bad prefix")
     assert Subjects("acme.prod").rpc("time") == "acme.prod.rpc.time"
-    assert Subjects("acme.prod").bucket("catalogs") == "acme_prod_catalogs"
+    assert Subjects("acme.prod").bucket("catalogs", "east") == "acme_prod_catalogs_east"
 
 
 def test_example_config_and_mcp_json(tmp_path: Path) -> None:

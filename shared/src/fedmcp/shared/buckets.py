@@ -1,29 +1,84 @@
-"""JetStream KV buckets of the federation, created idempotently by any service."""
+"""JetStream KV buckets of the federation, created idempotently by any service.
+
+Control-plane state is kept per region: each region's managers write their own
+registry, catalogs and leases buckets, placed on that region's JetStream cluster.
+The state in them is derived from what the region hears on the bus (announcements
+and heartbeats cross NATS gateways and leaf links), so every region holds a full
+view while the regions are connected, keeps serving from its own view during a
+partition, and converges again by re-observation when the link heals; there are
+no cross-region writes to reconcile.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
 import anyio
 from fedmcp.shared.subjects import Subjects
+from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError, TimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig
+from nats.js.api import DiscardPolicy, Placement, StreamConfig
 from nats.js.errors import BucketNotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 REGISTRY = "registry"
-"""key `<server>.<instance>` -> `Instance`; written by the manager only."""
+"""key `<server>.<instance>` -> `Instance`; written by the region's leading manager only."""
 LEASES = "leases"
-"""key `manager` -> the lease of the manager that writes the registry and catalogs buckets."""
+"""key `manager` -> the lease of the manager that writes the region's registry and catalogs buckets."""
 CATALOGS = "catalogs"
-"""key `<server>` -> `CatalogEntry`; written by the manager only, watched by edges."""
+"""key `<server>` -> `CatalogEntry`; written by the region's leading manager only, watched by edges."""
+
+
+@dataclass(frozen=True)
+class Region:
+    """Where a service runs, and where its region's buckets live.
+
+    `cluster` is the JetStream cluster (the NATS cluster name) to place the buckets
+    on; None lets JetStream choose, right for a single server or one cluster.
+    """
+
+    name: str = "local"
+    cluster: str | None = None
+    replicas: int = 1
+
+
+LOCAL = Region()
+"""The default: one region, buckets wherever JetStream puts them."""
+
+
+def _stream_config(bucket: str, history: int, region: Region) -> StreamConfig:
+    # What nats-py's create_key_value builds, plus the placement it ignores (nats-py 2.16).
+    return StreamConfig(
+        name=f"KV_{bucket}",
+        subjects=[f"$KV.{bucket}.>"],
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        allow_msg_ttl=True,
+        deny_delete=True,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=120,
+        max_consumers=-1,
+        max_msgs=-1,
+        max_msgs_per_subject=history,
+        num_replicas=region.replicas,
+        placement=Placement(cluster=region.cluster) if region.cluster else None,
+    )
 
 
 async def open_bucket(
-    js: JetStreamContext, subjects: Subjects, name: str, *, history: int = 1, patience: float = 30.0
+    js: JetStreamContext,
+    subjects: Subjects,
+    name: str,
+    region: Region,
+    *,
+    history: int = 1,
+    patience: float = 30.0,
 ) -> KeyValue:
-    """Bind to a bucket, creating it if needed. A cluster that is still electing its JetStream
-    leader answers "no responders" for a few seconds: keep trying for `patience` seconds."""
-    bucket = subjects.bucket(name)
+    """Bind to the region's bucket, creating it if needed. A cluster that is still electing its
+    JetStream leader answers "no responders" for a few seconds: keep trying for `patience` seconds."""
+    bucket = subjects.bucket(name, region.name)
     deadline = anyio.current_time() + patience
     while True:
         try:
@@ -31,8 +86,42 @@ async def open_bucket(
                 return await js.key_value(bucket)
             except BucketNotFoundError:
                 # Two services racing here both succeed: an identical config is accepted.
-                return await js.create_key_value(KeyValueConfig(bucket=bucket, history=history, direct=True))
+                await js.add_stream(_stream_config(bucket, history, region))
+                return await js.key_value(bucket)
         except (NoRespondersError, TimeoutError, ServiceUnavailableError):
             if anyio.current_time() > deadline:
                 raise
             await anyio.sleep(0.25)
+
+
+async def read_all(js: JetStreamContext, kv: KeyValue, *, timeout: float = 5.0) -> dict[str, bytes]:
+    """Every live key of a bucket in one batched direct get (nats-server 2.11+).
+
+    Any replica or mirror answers it and no consumer is created, so it works while
+    JetStream has no meta leader, which is the case on both sides of a two-region
+    partition (the meta group spans the supercluster)."""
+    # nats-py keeps these private; the request is the documented JetStream API (ADR-31).
+    nc: NATS = js._nc
+    pre = f"$KV.{kv._name}."
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    found: dict[str, bytes] = {}
+    try:
+        request = json.dumps({"multi_last": [f"{pre}>"], "batch": 100_000}).encode()
+        await nc.publish(f"{js._prefix}.DIRECT.GET.{kv._stream}", request, reply=inbox)
+        with anyio.fail_after(timeout):
+            while True:
+                msg = await sub.next_msg(timeout=timeout)
+                hdrs = msg.headers or {}
+                status = hdrs.get("Status")
+                if status is not None:
+                    if status in ("204", "404"):  # end of batch; nothing stored
+                        return found
+                    raise RuntimeError(f"direct get of {kv._stream} failed: {status} {hdrs.get('Description', '')}")
+                key = hdrs["Nats-Subject"][len(pre) :]
+                if hdrs.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
+                    found.pop(key, None)
+                else:
+                    found[key] = msg.data
+    finally:
+        await sub.unsubscribe()

@@ -104,6 +104,7 @@ class Subjects:
         return f"{self.prefix}.ctl.reannounce.*"
 
     # -- state ------------------------------------------------------------
-    def bucket(self, name: str) -> str:
-        """KV bucket names may not contain dots."""
-        return f"{self.prefix.replace('.', '_')}_{name}"
+    def bucket(self, name: str, region: str) -> str:
+        """A region's own bucket `name`: each region keeps its control-plane state where it can
+        read it during a partition (see buckets.py). KV bucket names may not contain dots."""
+        return f"{self.prefix.replace('.', '_')}_{name}_{check_token(region, 'region')}"

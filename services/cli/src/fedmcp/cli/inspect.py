@@ -10,34 +10,21 @@ from fedmcp.shared.envelopes import CatalogEntry, Instance
 from fedmcp.shared.subjects import Subjects
 
 
-async def read_state(nats_url: str, prefix: str) -> tuple[dict[str, CatalogEntry], list[Instance]]:
+async def read_state(
+    nats_url: str, prefix: str, region: buckets.Region = buckets.LOCAL
+) -> tuple[dict[str, CatalogEntry], list[Instance]]:
+    """The region's view, read by direct gets: it answers during a partition too."""
     subjects = Subjects(prefix)
     nc = await bus.connect(nats_url, name="fedmcp-ls", allow_reconnect=False)
     try:
         js = nc.jetstream(timeout=5)
-        catalogs: dict[str, CatalogEntry] = {}
-        instances: list[Instance] = []
-        cat_kv = await buckets.open_bucket(js, subjects, buckets.CATALOGS)
-        reg_kv = await buckets.open_bucket(js, subjects, buckets.REGISTRY)
-        for key in await _keys(cat_kv):
-            entry = await cat_kv.get(key)
-            if entry.value:
-                catalogs[key] = envelopes.decode(entry.value, CatalogEntry)
-        for key in await _keys(reg_kv):
-            entry = await reg_kv.get(key)
-            if entry.value:
-                instances.append(envelopes.decode(entry.value, Instance))
+        cat_kv = await buckets.open_bucket(js, subjects, buckets.CATALOGS, region)
+        reg_kv = await buckets.open_bucket(js, subjects, buckets.REGISTRY, region)
+        catalogs = {k: envelopes.decode(v, CatalogEntry) for k, v in (await buckets.read_all(js, cat_kv)).items()}
+        instances = [envelopes.decode(v, Instance) for v in (await buckets.read_all(js, reg_kv)).values()]
         return catalogs, instances
     finally:
         await nc.close()
-
-
-async def _keys(kv: object) -> list[str]:
-    try:
-        keys: list[str] = await kv.keys()  # type: ignore[attr-defined]
-        return keys
-    except Exception:  # nats-py raises NoKeysError for an empty bucket
-        return []
 
 
 def render(catalogs: dict[str, CatalogEntry], instances: list[Instance]) -> str:

@@ -23,7 +23,9 @@ from fedmcp.cli.up import run_up
 from fedmcp.edge.main import main as edge_main
 from fedmcp.manager.main import main as manager_main
 from fedmcp.shared import logs, runner, telemetry
+from fedmcp.shared.buckets import Region
 from fedmcp.shared.config import Config, load_mcp_json, load_toml
+from fedmcp.shared.options import region_options
 
 
 @click.group(help=__doc__)
@@ -60,9 +62,10 @@ def up(config_path: str, mcp_json: str | None, nats_url: str | None, port: int |
 @click.option("--nats-url", envvar="FEDMCP_NATS_URL", default="nats://127.0.0.1:4222", show_default=True)
 @click.option("--prefix", default="fedmcp", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def ls(nats_url: str, prefix: str, as_json: bool) -> None:
-    """Show servers, instances and catalog conflicts."""
-    catalogs, instances = anyio.run(inspect.read_state, nats_url, prefix)
+@region_options
+def ls(nats_url: str, prefix: str, as_json: bool, region: Region) -> None:
+    """Show servers, instances and catalog conflicts, as the region's control plane sees them."""
+    catalogs, instances = anyio.run(inspect.read_state, nats_url, prefix, region)
     if as_json:
         from fedmcp.shared import envelopes, routing
 

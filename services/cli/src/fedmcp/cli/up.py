@@ -19,6 +19,7 @@ from fedmcp.edge.http import serve_http
 from fedmcp.edge.runtime import edge_runtime
 from fedmcp.manager.main import run_manager
 from fedmcp.shared import bus
+from fedmcp.shared.buckets import Region
 from fedmcp.shared.config import Config
 from fedmcp.shared.natsserver import NatsServer, free_port
 from fedmcp.shared.ops_http import bind
@@ -40,6 +41,7 @@ def _port_free(host: str, port: int) -> bool:
 async def run_up(config: Config, *, nats_url: str | None, ready_timeout: float = 20.0) -> None:
     stop = anyio.Event()
     subjects = Subjects(config.prefix)
+    region = Region(config.region)
     async with AsyncExitStack() as stack:
         if nats_url is None:
             port = 4222 if _port_free("127.0.0.1", 4222) else free_port()
@@ -52,7 +54,7 @@ async def run_up(config: Config, *, nats_url: str | None, ready_timeout: float =
             tg.start_soon(stop_on_signals, stop)
             await tg.start(
                 lambda task_status: run_manager(
-                    nats_url, prefix=config.prefix, stop=manager_stop, task_status=task_status
+                    nats_url, prefix=config.prefix, region=region, stop=manager_stop, task_status=task_status
                 )
             )
             adapters: list[Adapter] = []
@@ -64,7 +66,7 @@ async def run_up(config: Config, *, nats_url: str | None, ready_timeout: float =
                     adapters.append(adapter)
                     tg.start_soon(adapter.run)
             async with edge_runtime(
-                nats_url, prefix=config.prefix, request_timeout=config.edge.request_timeout
+                nats_url, prefix=config.prefix, region=region, request_timeout=config.edge.request_timeout
             ) as edge:
                 with anyio.move_on_after(ready_timeout) as waiting:
 

@@ -39,12 +39,13 @@ async def edge_runtime(
     accept_timeout: float = 2.0,
     overload_wait: float = 5.0,
     edge_id: str | None = None,
+    region: buckets.Region = buckets.LOCAL,
 ) -> AsyncIterator[Edge]:
     subjects = Subjects(prefix)
     edge_id = edge_id or new_edge_id()
     nc = await bus.connect(nats_url, name=edge_id)
     try:
-        kv = await buckets.open_bucket(nc.jetstream(timeout=5), subjects, buckets.CATALOGS)
+        kv = await buckets.open_bucket(nc.jetstream(timeout=5), subjects, buckets.CATALOGS, region)
         view = CatalogView(kv)
         upstream = Upstream(
             nc,

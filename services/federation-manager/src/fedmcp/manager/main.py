@@ -11,6 +11,7 @@ from fedmcp.manager import lease
 from fedmcp.manager.registry import Registry
 from fedmcp.shared import buckets, bus, discovery, logs, runner, telemetry
 from fedmcp.shared.ops_http import bind, serve_ops
+from fedmcp.shared.options import region_options
 from fedmcp.shared.signals import stop_on_signals
 from fedmcp.shared.subjects import DEFAULT_PREFIX, Subjects
 
@@ -21,6 +22,7 @@ async def run_manager(
     nats_url: str,
     *,
     prefix: str = DEFAULT_PREFIX,
+    region: buckets.Region = buckets.LOCAL,
     evict_after: float = 6.0,
     stop: anyio.Event | None = None,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
@@ -32,8 +34,8 @@ async def run_manager(
         registry = Registry(
             nc,
             subjects,
-            await buckets.open_bucket(js, subjects, buckets.REGISTRY),
-            await buckets.open_bucket(js, subjects, buckets.CATALOGS),
+            await buckets.open_bucket(js, subjects, buckets.REGISTRY, region),
+            await buckets.open_bucket(js, subjects, buckets.CATALOGS, region),
             evict_after=evict_after,
         )
         subs = [
@@ -47,7 +49,7 @@ async def run_manager(
         )
         registry.leader = False  # until the lease says otherwise
         await registry.load()
-        leases = await buckets.open_bucket(js, subjects, buckets.LEASES)
+        leases = await buckets.open_bucket(js, subjects, buckets.LEASES, region)
         me = micro.id
 
         async def leadership(leading: bool) -> None:
@@ -78,7 +80,9 @@ async def run_manager(
             await nc.drain()
 
 
-async def _serve(nats_url: str, prefix: str, evict_after: float, http: tuple[str, int] | None) -> None:
+async def _serve(
+    nats_url: str, prefix: str, region: buckets.Region, evict_after: float, http: tuple[str, int] | None
+) -> None:
     stop = anyio.Event()
     running = anyio.Event()
     async with anyio.create_task_group() as tg:
@@ -91,7 +95,9 @@ async def _serve(nats_url: str, prefix: str, evict_after: float, http: tuple[str
             tg.start_soon(partial(serve_ops, bind(*http), readiness, stop=stop))
 
         async def manager(*, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-            await run_manager(nats_url, prefix=prefix, evict_after=evict_after, stop=stop, task_status=task_status)
+            await run_manager(
+                nats_url, prefix=prefix, region=region, evict_after=evict_after, stop=stop, task_status=task_status
+            )
 
         await tg.start(manager)
         running.set()
@@ -102,16 +108,18 @@ async def _serve(nats_url: str, prefix: str, evict_after: float, http: tuple[str
 @click.command()
 @click.option("--nats-url", envvar="FEDMCP_NATS_URL", default="nats://127.0.0.1:4222", show_default=True)
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True)
-@click.option("--region", envvar="FEDMCP_REGION", default="local", show_default=True)
+@region_options
 @click.option("--evict-after", default=6.0, show_default=True, help="Seconds of silence before an instance is removed.")
 @click.option("--http-port", type=int, default=None, help="Serve /metrics, /healthz and /readyz on this port.")
 @click.option("--http-host", default="127.0.0.1", show_default=True)
-def main(nats_url: str, prefix: str, region: str, evict_after: float, http_port: int | None, http_host: str) -> None:
-    """Run the federation manager."""
-    logs.configure("manager", region=region)
-    telemetry.configure("manager", region=region)
+def main(
+    nats_url: str, prefix: str, region: buckets.Region, evict_after: float, http_port: int | None, http_host: str
+) -> None:
+    """Run the federation manager (one region's control plane)."""
+    logs.configure("manager", region=region.name)
+    telemetry.configure("manager", region=region.name)
     http = (http_host, http_port) if http_port is not None else None
-    runner.run(partial(_serve, nats_url, prefix, evict_after, http))
+    runner.run(partial(_serve, nats_url, prefix, region, evict_after, http))
 
 
 if __name__ == "__main__":

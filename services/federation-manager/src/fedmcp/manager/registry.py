@@ -12,11 +12,12 @@ import time
 from dataclasses import dataclass, field
 
 import structlog
-from fedmcp.shared import envelopes, headers, metrics, routing
+from fedmcp.shared import buckets, envelopes, headers, metrics, routing
 from fedmcp.shared.envelopes import Announce, CatalogEntry, Heartbeat, Instance
 from fedmcp.shared.subjects import Subjects
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 log = structlog.get_logger("fedmcp.manager.registry")
@@ -57,6 +58,10 @@ class Registry:
         for server in {s for s, _ in self.instances} | set(self.catalogs):
             await self._publish(self.subjects.reannounce(server), b"", headers.base())
 
+    @property
+    def js(self) -> JetStreamContext:
+        return self.nc.jetstream(timeout=5)
+
     @staticmethod
     def _key(instance: Instance) -> str:
         return f"{instance.server}.{instance.instance}"
@@ -64,16 +69,12 @@ class Registry:
     async def load(self) -> None:
         """Pick up where a previous manager left off; every loaded instance gets a fresh grace period."""
         now = self._loaded_at = time.monotonic()
-        for key in await _keys(self.catalogs_kv):
-            entry = await self.catalogs_kv.get(key)
-            if entry.value:
-                self.catalogs[key] = envelopes.decode(entry.value, CatalogEntry)
-        for key in await _keys(self.instances_kv):
-            entry = await self.instances_kv.get(key)
-            if entry.value:
-                inst = envelopes.decode(entry.value, Instance)
-                self.instances[(inst.server, inst.instance)] = inst
-                self._seen[(inst.server, inst.instance)] = now
+        for key, value in (await buckets.read_all(self.js, self.catalogs_kv)).items():
+            self.catalogs[key] = envelopes.decode(value, CatalogEntry)
+        for value in (await buckets.read_all(self.js, self.instances_kv)).values():
+            inst = envelopes.decode(value, Instance)
+            self.instances[(inst.server, inst.instance)] = inst
+            self._seen[(inst.server, inst.instance)] = now
         for server in {s for s, _ in self.instances} | set(self.catalogs):
             await self._publish(self.subjects.reannounce(server), b"", headers=headers.base())
 
@@ -182,11 +183,3 @@ class Registry:
             if conflict not in self._conflicts:
                 log.warning("catalog conflict", detail=conflict)
         self._conflicts = conflicts
-
-
-async def _keys(kv: KeyValue) -> list[str]:
-    try:
-        keys: list[str] = await kv.keys()
-        return keys
-    except Exception:  # nats-py raises NoKeysError on an empty bucket
-        return []
