@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,7 @@ from fedmcp.shared import bus
 from fedmcp.shared.config import BackingServer
 from fedmcp.shared.natsserver import NatsServer
 from fedmcp.shared.ops_http import bind
+from procs import Proc
 
 SERVERS = Path(__file__).parent / "servers"
 
@@ -39,6 +40,15 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    """Service processes a test starts; stopped (SIGTERM, then SIGKILL) at the end."""
+    started: list[Proc] = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()
+
+
+@pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     with NatsServer(tmp_path / "nats") as server:
         yield server
@@ -55,9 +65,14 @@ class Federation:
     url: str = ""
     adapters: dict[str, list[Adapter]] = field(default_factory=dict)
     stops: list[anyio.Event] = field(default_factory=list)
+    role_url: Callable[[str], str] | None = None
+    """NATS URL per role ("manager", "edge", "adapter-<server>"), e.g. per-role users; None: `nats_url`."""
+
+    def url_for(self, role: str) -> str:
+        return self.nats_url if self.role_url is None else self.role_url(role)
 
     async def add_server(self, name: str, server: BackingServer, *, wait: bool = True, **kw: Any) -> Adapter:
-        nc = await bus.connect(self.nats_url, name=f"test-adapter-{name}")
+        nc = await bus.connect(self.url_for(f"adapter-{name}"), name=f"test-adapter-{name}")
         self.stack.push_async_callback(nc.close)
         adapter = Adapter(nc, name, server, heartbeat_interval=0.5, **kw)
         self.adapters.setdefault(name, []).append(adapter)
@@ -72,7 +87,7 @@ class Federation:
         self.stops.append(stop)
 
         async def run(*, task_status: anyio.abc.TaskStatus[str]) -> None:
-            async with edge_runtime(self.nats_url) as edge:
+            async with edge_runtime(self.url_for("edge")) as edge:
                 sock = bind("127.0.0.1", 0)
                 await edge.view.wait_until(lambda table: table.servers.keys() >= self.edge_servers())
                 task_status.started(f"http://127.0.0.1:{sock.getsockname()[1]}/mcp")
@@ -104,15 +119,19 @@ async def federation(
     evict_after: float = 2.0,
     manager: bool = True,
     max_body_bytes: int = 1024 * 1024,
+    role_url: Callable[[str], str] | None = None,
     **edge_kw: Any,
 ) -> AsyncIterator[Federation]:
+    """`role_url` gives each role its own NATS URL (see Federation.role_url); by default all use `nats_url`."""
     async with AsyncExitStack() as stack, anyio.create_task_group() as tg:
-        fed = Federation(nats_url, tg, stack)
+        fed = Federation(nats_url, tg, stack, role_url=role_url)
         stop = anyio.Event()
         await tg.start(
-            lambda task_status: run_manager(nats_url, evict_after=evict_after, stop=stop, task_status=task_status)
+            lambda task_status: run_manager(
+                fed.url_for("manager"), evict_after=evict_after, stop=stop, task_status=task_status
+            )
         )
-        async with edge_runtime(nats_url, **edge_kw) as edge, anyio.create_task_group() as edge_tg:
+        async with edge_runtime(fed.url_for("edge"), **edge_kw) as edge, anyio.create_task_group() as edge_tg:
             fed.edge = edge
             sock = bind("127.0.0.1", 0)
             fed.url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"

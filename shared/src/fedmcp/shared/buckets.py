@@ -12,7 +12,9 @@ no cross-region writes to reconcile.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import anyio
 from fedmcp.shared.subjects import Subjects
@@ -27,6 +29,8 @@ REGISTRY = "registry"
 """key `<server>.<instance>` -> `Instance`; written by the region's leading manager only."""
 LEASES = "leases"
 """key `manager` -> the lease of the manager that writes the region's registry and catalogs buckets."""
+T = TypeVar("T")
+
 CATALOGS = "catalogs"
 """key `<server>` -> `CatalogEntry`; written by the region's leading manager only, watched by edges."""
 
@@ -67,6 +71,19 @@ def _stream_config(bucket: str, history: int, region: Region) -> StreamConfig:
     )
 
 
+async def _patiently(attempt: Callable[[], Awaitable[T]], patience: float) -> T:
+    """A cluster that is still electing its JetStream or stream leader answers "no responders"
+    for a few seconds: keep trying for `patience` seconds."""
+    deadline = anyio.current_time() + patience
+    while True:
+        try:
+            return await attempt()
+        except (NoRespondersError, TimeoutError, ServiceUnavailableError):
+            if anyio.current_time() > deadline:
+                raise
+            await anyio.sleep(0.25)
+
+
 async def open_bucket(
     js: JetStreamContext,
     subjects: Subjects,
@@ -76,25 +93,23 @@ async def open_bucket(
     history: int = 1,
     patience: float = 30.0,
 ) -> KeyValue:
-    """Bind to the region's bucket, creating it if needed. A cluster that is still electing its
-    JetStream leader answers "no responders" for a few seconds: keep trying for `patience` seconds."""
+    """Bind to the region's bucket, creating it if needed."""
     bucket = subjects.bucket(name, region.name)
-    deadline = anyio.current_time() + patience
-    while True:
+
+    async def attempt() -> KeyValue:
         try:
-            try:
-                return await js.key_value(bucket)
-            except BucketNotFoundError:
-                # Two services racing here both succeed: an identical config is accepted.
-                await js.add_stream(_stream_config(bucket, history, region))
-                return await js.key_value(bucket)
-        except (NoRespondersError, TimeoutError, ServiceUnavailableError):
-            if anyio.current_time() > deadline:
-                raise
-            await anyio.sleep(0.25)
+            return await js.key_value(bucket)
+        except BucketNotFoundError:
+            # Two services racing here both succeed: an identical config is accepted.
+            await js.add_stream(_stream_config(bucket, history, region))
+            return await js.key_value(bucket)
+
+    return await _patiently(attempt, patience)
 
 
-async def read_all(js: JetStreamContext, kv: KeyValue, *, timeout: float = 5.0) -> dict[str, bytes]:
+async def read_all(
+    js: JetStreamContext, kv: KeyValue, *, timeout: float = 5.0, patience: float = 30.0
+) -> dict[str, bytes]:
     """Every live key of a bucket in one batched direct get (nats-server 2.11+).
 
     Any replica or mirror answers it and no consumer is created, so it works while
@@ -103,25 +118,32 @@ async def read_all(js: JetStreamContext, kv: KeyValue, *, timeout: float = 5.0) 
     # nats-py keeps these private; the request is the documented JetStream API (ADR-31).
     nc: NATS = js._nc
     pre = f"$KV.{kv._name}."
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    found: dict[str, bytes] = {}
-    try:
-        request = json.dumps({"multi_last": [f"{pre}>"], "batch": 100_000}).encode()
-        await nc.publish(f"{js._prefix}.DIRECT.GET.{kv._stream}", request, reply=inbox)
-        with anyio.fail_after(timeout):
-            while True:
-                msg = await sub.next_msg(timeout=timeout)
-                hdrs = msg.headers or {}
-                status = hdrs.get("Status")
-                if status is not None:
-                    if status in ("204", "404"):  # end of batch; nothing stored
+    subject = f"{js._prefix}.DIRECT.GET.{kv._stream}"
+    request = json.dumps({"multi_last": [f"{pre}>"], "batch": 100_000}).encode()
+
+    async def attempt() -> dict[str, bytes]:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        found: dict[str, bytes] = {}
+        try:
+            await nc.publish(subject, request, reply=inbox)
+            with anyio.fail_after(timeout):
+                while True:
+                    msg = await sub.next_msg(timeout=timeout)
+                    hdrs = msg.headers or {}
+                    status = hdrs.get("Status")
+                    if status in ("204", "404"):  # end of the batch; an empty bucket
                         return found
-                    raise RuntimeError(f"direct get of {kv._stream} failed: {status} {hdrs.get('Description', '')}")
-                key = hdrs["Nats-Subject"][len(pre) :]
-                if hdrs.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
-                    found.pop(key, None)
-                else:
-                    found[key] = msg.data
-    finally:
-        await sub.unsubscribe()
+                    if status == "503":  # the stream has no leader or replica yet
+                        raise NoRespondersError
+                    if status is not None:
+                        raise RuntimeError(f"direct get on {kv._stream}: {status} {hdrs.get('Description', '')}")
+                    key = hdrs["Nats-Subject"][len(pre) :]
+                    if hdrs.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
+                        found.pop(key, None)
+                    else:
+                        found[key] = msg.data
+        finally:
+            await sub.unsubscribe()
+
+    return await _patiently(attempt, patience)

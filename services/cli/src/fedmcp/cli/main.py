@@ -65,7 +65,13 @@ def up(config_path: str, mcp_json: str | None, nats_url: str | None, port: int |
 @region_options
 def ls(nats_url: str, prefix: str, as_json: bool, region: Region) -> None:
     """Show servers, instances and catalog conflicts, as the region's control plane sees them."""
-    catalogs, instances = anyio.run(inspect.read_state, nats_url, prefix, region)
+    logs.configure("cli", region=region.name, level="error")  # stdout is for the answer
+    try:
+        catalogs, instances = anyio.run(inspect.read_state, nats_url, prefix, region)
+    except Exception as exc:  # unreachable NATS, no JetStream, no such region: say so, no traceback
+        raise click.ClickException(
+            f"cannot read the registry of region {region.name!r} at {nats_url}: {exc!r}"
+        ) from None
     if as_json:
         from fedmcp.shared import envelopes, routing
 

@@ -53,8 +53,14 @@ class Registry:
             await self.nc.publish(subject, payload, headers=headers)
 
     async def lead(self) -> None:
-        """Take over writing: ask every adapter to announce, so the buckets match what is running."""
+        """Take over writing. What this manager learnt as a follower was never written (a catalog
+        that has not changed since is not written again), so write it all now; then ask every
+        adapter to announce, so the buckets match what is running."""
         self.leader = True
+        for server, entry in self.catalogs.items():
+            await self._put(self.catalogs_kv, server, envelopes.encode(entry))
+        for inst in self.instances.values():
+            await self._put(self.instances_kv, self._key(inst), envelopes.encode(inst))
         for server in {s for s, _ in self.instances} | set(self.catalogs):
             await self._publish(self.subjects.reannounce(server), b"", headers.base())
 
