@@ -12,10 +12,12 @@ from mcp import Client
 
 
 class Proc:
-    def __init__(self, args: list[str], log: Path, cwd: Path | None = None) -> None:
+    def __init__(self, args: list[str], log: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.log = log
         with log.open("wb") as out:
-            self.p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+            self.p = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True
+            )
 
     def kill(self) -> None:
         """SIGKILL, as a crash or an OOM kill would end it."""

@@ -22,48 +22,10 @@ from fedmcp.shared.natsserver import NatsServer, free_port
 from fedmcp.shared.ops_http import bind, serve_asgi
 from mcp import Client
 from mcp.shared.exceptions import MCPError
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from otlp import Receiver, child_of
 
 pytestmark = pytest.mark.anyio
-
-Span = tuple[str, trace_pb2.Span]
-"""(service.name, span)"""
-
-
-class Receiver:
-    def __init__(self) -> None:
-        self.spans: list[Span] = []
-        self.arrived = anyio.Event()
-
-    async def traces(self, request: Request) -> Response:
-        export = trace_service_pb2.ExportTraceServiceRequest()
-        export.ParseFromString(await request.body())
-        for resource_spans in export.resource_spans:
-            service = next(
-                (a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name"), ""
-            )
-            for scope_spans in resource_spans.scope_spans:
-                self.spans.extend((service, span) for span in scope_spans.spans)
-        self.arrived.set()
-        self.arrived = anyio.Event()
-        return Response(trace_service_pb2.ExportTraceServiceResponse().SerializeToString())
-
-    async def wait_for(self, name: str, timeout: float = 20) -> Span:
-        with anyio.fail_after(timeout):
-            while True:
-                found = [s for s in self.spans if s[1].name == name]
-                if found:
-                    return found[-1]
-                await self.arrived.wait()
-
-    def chain_below(self, top: trace_pb2.Span) -> list[Span]:
-        """Every span of top's trace, parents before children."""
-        return [s for s in self.spans if s[1].trace_id == top.trace_id]
 
 
 @pytest.fixture
@@ -78,12 +40,6 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def child_of(spans: list[Span], parent: trace_pb2.Span, kind: int, service: str) -> trace_pb2.Span:
-    matches = [s for svc, s in spans if s.parent_span_id == parent.span_id and s.kind == kind and svc == service]
-    assert len(matches) == 1, f"expected one {service} child of kind {kind} under {parent.name}, got {matches}"
-    return matches[0]
 
 
 async def test_one_trace_per_call_across_real_processes(
@@ -102,11 +58,7 @@ async def test_one_trace_per_call_across_real_processes(
     cli = [sys.executable, "-m", "fedmcp.cli.main"]
     nats = ["--nats-url", nats_server.url]
     async with anyio.create_task_group() as tg:
-        tg.start_soon(
-            lambda: serve_asgi(
-                Starlette(routes=[Route("/v1/traces", receiver.traces, methods=["POST"])]), sock, stop=stop
-            )
-        )
+        tg.start_soon(lambda: serve_asgi(receiver.app(), sock, stop=stop))
         for args, log in (
             ([*cli, "manager", *nats], "manager.log"),
             ([*cli, "adapter", *nats, "--name", "probe", "--server-json", server_json], "adapter.log"),
@@ -130,6 +82,13 @@ async def test_one_trace_per_call_across_real_processes(
             with pytest.raises(MCPError) as err:
                 await client.call_tool("probe_sleep", {"seconds": 5})
             assert err.value.error.code == jsonrpc.UPSTREAM_TIMEOUT
+        async with Client(url, mode="legacy") as legacy:  # a handshake-era session has an id
+            await legacy.call_tool("probe_env", {"name": "HOME"})
+        _, legacy_span = await receiver.wait_for("tools/call probe_env")
+        legacy_attributes = {a.key: a.value.string_value for a in legacy_span.attributes}
+        assert len(legacy_attributes["mcp.session.id"]) >= 16
+        assert legacy_attributes["mcp.protocol.version"] == "2025-11-25"
+        assert legacy_attributes["network.transport"] == "tcp"
 
         for tool, backing_name, error in (
             ("probe_pid", "MCP send tools/call pid", None),

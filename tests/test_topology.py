@@ -11,21 +11,28 @@ Every fedmcp service is its own OS process, connected to its own region's server
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import anyio
 import msgspec
 import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 from conftest import python_server
 from fedmcp.shared.natsserver import NatsServer, free_port
+from fedmcp.shared.ops_http import bind, serve_asgi
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 from netlink import Link
+from opentelemetry.proto.trace.v1 import trace_pb2
+from otlp import Receiver, child_of
 from procs import Proc, fedmcp, wait_for_tools
 
 pytestmark = pytest.mark.anyio
@@ -65,13 +72,16 @@ class Topology:
     leaf_links: list[Link]
     procs: list[Proc]
     logs: Path
+    env: dict[str, str]
+    """Every process exports its spans to `traces` (OTLP/HTTP)."""
+    traces: Receiver
+    portal: BlockingPortal
 
     def start_adapter(self, site: Site, server: str) -> Proc:
         backing = msgspec.json.encode(python_server("regional.py", env={"SITE": site.name})).decode()
         args = ["adapter", "--nats-url", site.url, "--name", server, "--server-json", backing, "--heartbeat", "0.5"]
-        proc = Proc(
-            fedmcp(*args, "--region", site.name), self.logs / f"adapter-{server}-{site.name}-{len(self.procs)}.log"
-        )
+        log = self.logs / f"adapter-{server}-{site.name}-{len(self.procs)}.log"
+        proc = Proc(fedmcp(*args, "--region", site.name), log, env=self.env)
         self.procs.append(proc)
         site.adapters[server] = proc
         return proc
@@ -93,7 +103,18 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     leaf_conf = work / "nats" / "leaf" / "edge-1.conf"
     servers.append(NatsServer(work / "edge-1", port=client_port(leaf_conf.read_text()), config_file=leaf_conf))
     procs: list[Proc] = []
-    try:
+    with start_blocking_portal() as portal, ExitStack() as cleanup:
+        traces, sock, stop = Receiver(), bind("127.0.0.1", 0), anyio.Event()
+        portal.start_task_soon(partial(serve_asgi, traces.app(), sock, stop=stop))
+        cleanup.callback(portal.call, stop.set)
+        env = {
+            **os.environ,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sock.getsockname()[1]}",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
+        cleanup.callback(lambda: [s.stop() for s in servers])
+        cleanup.callback(lambda: [link.close() for link in gateways + leaf_links])
+        cleanup.callback(lambda: [proc.stop() for proc in reversed(procs)])
         for server in servers:
             server.start()
 
@@ -105,28 +126,22 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
             "west": Site("west", hub_url("west"), ["--js-cluster", "west", "--js-replicas", "3"]),
             "edge1": Site("edge1", servers[6].url, []),
         }
-        topo = Topology(sites, gateways, leaf_links, procs, work)
+        topo = Topology(sites, gateways, leaf_links, procs, work, env, traces, portal)
         for site in sites.values():
             args = ["--nats-url", site.url, *site.region_args()]
-            procs.append(Proc(fedmcp("manager", *args, "--evict-after", "2"), work / f"manager-{site.name}.log"))
+            manager = fedmcp("manager", *args, "--evict-after", "2")
+            procs.append(Proc(manager, work / f"manager-{site.name}.log", env=env))
             port = free_port()
             site.edge_url = f"http://127.0.0.1:{port}/mcp"
-            procs.append(Proc(fedmcp("edge", *args, "--port", str(port)), work / f"edge-{site.name}.log"))
+            procs.append(Proc(fedmcp("edge", *args, "--port", str(port)), work / f"edge-{site.name}.log", env=env))
         topo.start_adapter(sites["east"], "both")
         topo.start_adapter(sites["west"], "both")
         topo.start_adapter(sites["west"], "onlywest")
         topo.start_adapter(sites["edge1"], "local")
         yield topo
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
-        for link in gateways + leaf_links:
-            link.close()
-        for server in servers:
-            server.stop()
 
 
-EVERYTHING = {"both_where", "onlywest_where", "local_where"}
+EVERYTHING = {"both_where", "both_slow_where", "onlywest_where", "local_where"}
 
 
 async def ready(topology: Topology) -> None:
@@ -198,6 +213,45 @@ async def test_failover_to_the_other_region_and_back(topology: Topology) -> None
     assert failures == [], failures[:3]  # the call is read-only: every one in flight was retried
     after = seen[back_at + 4 :]  # calls sent before the first east answer may still be in west
     assert set(after) == {"east"}, Counter(after)
+
+
+async def test_a_cross_region_failover_is_one_trace(topology: Topology) -> None:
+    await ready(topology)
+    east = topology.sites["east"]
+    started = anyio.Event()
+    results: list[object] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        started.set()
+
+    async with Client(east.edge_url) as client, anyio.create_task_group() as tg:
+
+        async def call() -> None:
+            result = await client.call_tool("both_slow_where", {"seconds": 3}, progress_callback=on_progress)
+            results.append(result.structured_content)
+
+        tg.start_soon(call)
+        with anyio.fail_after(30):
+            await started.wait()  # running on east's replica (in-region affinity)
+        east.adapters["both"].kill()
+    assert results == [{"result": "west"}]  # lost with its instance, read-only: failed over to west
+    topology.start_adapter(east, "both")
+
+    def wait_for(name: str) -> tuple[str, trace_pb2.Span]:
+        return topology.portal.call(topology.traces.wait_for, name)
+
+    service, server_span = await anyio.to_thread.run_sync(wait_for, "tools/call both_slow_where")
+    await anyio.to_thread.run_sync(wait_for, "MCP send tools/call slow_where")
+    assert service == "fedmcp-edge"
+    spans = topology.traces.chain_below(server_span)
+    producer = child_of(spans, server_span, trace_pb2.Span.SPAN_KIND_PRODUCER, "fedmcp-edge")
+    assert [e.name for e in producer.events] == ["failover"]
+    consumers = [s for svc, s in spans if s.parent_span_id == producer.span_id and svc == "fedmcp-adapter"]
+    # The east consumer died with its process before exporting; the west one carried the call.
+    assert [topology.traces.region_of[c.span_id] for c in consumers] == ["west"]
+    backing = child_of(spans, consumers[0], trace_pb2.Span.SPAN_KIND_CLIENT, "fedmcp-adapter")
+    assert backing.name == "MCP send tools/call slow_where"
+    assert topology.traces.region_of[server_span.span_id] == "east"
 
 
 async def registry(site: Site) -> dict[str, object]:

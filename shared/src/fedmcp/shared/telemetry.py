@@ -93,3 +93,10 @@ def consumer(headers: Mapping[str, str] | None, destination: str, server: str) -
             yield span
     finally:
         context.detach(token)
+
+
+def event(name: str, attributes: Mapping[str, str]) -> None:
+    """A span event on the current span (retries, failovers, era translation, consent)."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(name, dict(attributes))

@@ -19,6 +19,7 @@ from fedmcp.edge.catalog import CatalogView
 from fedmcp.edge.clients import LegacyClients
 from fedmcp.edge.pagination import page
 from fedmcp.edge.request_state import SEALED_PREFIX, InvalidState, Sealer
+from fedmcp.edge.spans import SessionAttributes
 from fedmcp.edge.subscriptions import EdgeSubscriptions, ListenWithResources
 from fedmcp.edge.upstream import Upstream
 from fedmcp.shared import jsonrpc, metrics
@@ -161,6 +162,7 @@ class FederatedServer:
                 "resources/read": NO_CACHE,
             },
         )
+        self.server.middleware.append(SessionAttributes())  # inside the SDK's tracing middleware
         view.on_change(self.notify_changed)
 
     def _tool_input_schema(self, name: str) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ from fedmcp.adapter.connection import (
 )
 from fedmcp.adapter.envelope import HeaderMaps, header_maps
 from fedmcp.adapter.subscriptions import ResourceSubscriptions
+from fedmcp.shared import telemetry
 from fedmcp.shared.config import BackingServer
 from fedmcp.shared.envelopes import Catalog, Freshness, combine
 from mcp import Client
@@ -35,6 +36,8 @@ from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
+
+MODERN = frozenset(MODERN_PROTOCOL_VERSIONS)
 
 __all__ = ["Asker", "Backend", "BackendUnavailable", "Sink", "read_catalog"]
 
@@ -207,6 +210,9 @@ class Backend:
         when it is not connected within `wait_ready` seconds.
         """
         session = await self._session_for(front_version)
+        backing = session.protocol_version
+        if front_version and backing and (front_version in MODERN) != (backing in MODERN):
+            telemetry.event("era translation", {"mcp.front.version": front_version, "mcp.backing.version": backing})
         params, progress = take_progress(params, sink)
         hooks = CallHooks(sink=sink, log_level=log_level if sink is not None else None, ask=ask)
         return await session.send(
