@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 
 import anyio
+import httpx2
 import msgspec
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -33,7 +34,7 @@ from mcp.shared.exceptions import MCPError
 from netlink import Link
 from opentelemetry.proto.trace.v1 import trace_pb2
 from otlp import Receiver, child_of
-from procs import Proc, fedmcp, wait_for_tools
+from procs import Proc, fedmcp, metric, wait_for_tools
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).parent.parent
@@ -252,6 +253,9 @@ async def test_a_cross_region_failover_is_one_trace(topology: Topology) -> None:
     backing = child_of(spans, consumers[0], trace_pb2.Span.SPAN_KIND_CLIENT, "fedmcp-adapter")
     assert backing.name == "MCP send tools/call slow_where"
     assert topology.traces.region_of[server_span.span_id] == "east"
+    async with httpx2.AsyncClient(timeout=10) as http:
+        edge_metrics = (await http.get(east.edge_url.replace("/mcp", "/metrics"))).text
+    assert metric(edge_metrics, "fedmcp_edge_retries_total", server="both", reason="failover") >= 1
 
 
 async def registry(site: Site) -> dict[str, object]:

@@ -15,6 +15,11 @@ SERVER_DURATION = Histogram(
     buckets=_BUCKETS,
 )
 EDGE_INFLIGHT = Gauge("fedmcp_edge_inflight_requests", "Requests the edge is serving now.")
+RETRIES = Counter(
+    "fedmcp_edge_retries_total",
+    "Requests the edge sent again: reason 'not accepted', 'busy', 'no responders' or 'failover' (instance lost).",
+    ["server", "reason"],
+)
 
 # -- adapter ----------------------------------------------------------------------
 CLIENT_DURATION = Histogram(

@@ -16,11 +16,12 @@ import anyio
 import msgspec
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from fedmcp.shared import chunks, headers, jsonrpc, telemetry
+from fedmcp.shared import chunks, headers, jsonrpc, metrics, telemetry
 from fedmcp.shared.subjects import Subjects
 from mcp.shared.exceptions import MCPError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from opentelemetry.trace import Span
 
 log = structlog.get_logger("fedmcp.edge.upstream")
 
@@ -29,6 +30,12 @@ _NO_RESPONDERS = "503"
 
 ACCEPT_GRACE = 0.5
 """Seconds an edge waits past the accept-by time before it sends a request again."""
+
+
+def _again(span: Span, server: str, event: str, reason: str) -> None:
+    """A request sent once more: a span event on its PRODUCER span and a count."""
+    span.add_event(event, {"reason": reason})
+    metrics.RETRIES.labels(server, "failover" if event == "failover" else reason).inc()
 
 
 class _NotAccepted(Exception):
@@ -219,20 +226,21 @@ class Upstream:
                         raise MCPError(
                             code=jsonrpc.UPSTREAM_UNAVAILABLE, message=f"no adapter of server {server!r} accepted"
                         ) from None
-                    span.add_event("retry", {"reason": "not accepted"})
+                    _again(span, server, "retry", "not accepted")
                 except _NoResponders:
                     # An adapter may be restarting (rolling restart): keep trying for the accept window.
                     if anyio.current_time() - started > min(self.accept_timeout, timeout):
                         raise MCPError(
                             code=jsonrpc.UPSTREAM_UNAVAILABLE, message=f"server {server!r} has no running adapter"
                         ) from None
+                    _again(span, server, "retry", "no responders")
                     await anyio.sleep(0.05)
                 except _Busy:
                     if anyio.current_time() - started > min(self.overload_wait, timeout):
                         raise MCPError(
                             code=jsonrpc.OVERLOADED, message=f"every replica of server {server!r} is busy; try later"
                         ) from None
-                    span.add_event("retry", {"reason": "busy"})
+                    _again(span, server, "retry", "busy")
                     await anyio.sleep(0.02)
                 except _Lost:
                     if not idempotent or left <= 0:
@@ -241,7 +249,7 @@ class Upstream:
                             message=f"the instance of server {server!r} running this call was lost; "
                             "it was not retried because it may not be safe to run twice",
                         ) from None
-                    span.add_event("failover", {"reason": "instance lost"})
+                    _again(span, server, "failover", "instance lost")
 
     async def resume(
         self,
