@@ -54,3 +54,30 @@ def child_of(spans: list[Span], parent: trace_pb2.Span, kind: int, service: str)
     matches = [s for svc, s in spans if s.parent_span_id == parent.span_id and s.kind == kind and svc == service]
     assert len(matches) == 1, f"expected one {service} child of kind {kind} under {parent.name}, got {matches}"
     return matches[0]
+
+
+_KINDS = {
+    trace_pb2.Span.SPAN_KIND_SERVER: "SERVER",
+    trace_pb2.Span.SPAN_KIND_CLIENT: "CLIENT",
+    trace_pb2.Span.SPAN_KIND_PRODUCER: "PRODUCER",
+    trace_pb2.Span.SPAN_KIND_CONSUMER: "CONSUMER",
+    trace_pb2.Span.SPAN_KIND_INTERNAL: "INTERNAL",
+}
+
+
+def tree(receiver: Receiver, top: trace_pb2.Span) -> str:
+    """The trace below `top` as indented text (as docs/observability.md shows it)."""
+    spans = receiver.chain_below(top)
+    lines = [f"trace {top.trace_id.hex()}"]
+
+    def walk(span: trace_pb2.Span, service: str, depth: int) -> None:
+        ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6
+        region = receiver.region_of.get(span.span_id, "")
+        events = "".join(f" !{e.name}" for e in span.events)
+        lines.append(f"{'  ' * depth}{span.name}  [{_KINDS[span.kind]}, {service} {region}, {ms:.2f} ms]{events}")
+        for svc, child in sorted(spans, key=lambda s: s[1].start_time_unix_nano):
+            if child.parent_span_id == span.span_id:
+                walk(child, svc, depth + 1)
+
+    walk(top, next(svc for svc, s in spans if s.span_id == top.span_id), 0)
+    return "\n".join(lines)

@@ -33,7 +33,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from netlink import Link
 from opentelemetry.proto.trace.v1 import trace_pb2
-from otlp import Receiver, child_of
+from otlp import Receiver, child_of, tree
 from procs import Proc, fedmcp, metric, wait_for_tools
 
 pytestmark = pytest.mark.anyio
@@ -246,6 +246,7 @@ async def test_a_cross_region_failover_is_one_trace(topology: Topology) -> None:
     assert service == "fedmcp-edge"
     spans = topology.traces.chain_below(server_span)
     producer = child_of(spans, server_span, trace_pb2.Span.SPAN_KIND_PRODUCER, "fedmcp-edge")
+    print(tree(topology.traces, server_span))  # docs/observability.md shows one
     assert [e.name for e in producer.events] == ["failover"]
     consumers = [s for svc, s in spans if s.parent_span_id == producer.span_id and svc == "fedmcp-adapter"]
     # The east consumer died with its process before exporting; the west one carried the call.
