@@ -61,6 +61,17 @@ def test_routing_is_deterministic_and_reports_every_conflict() -> None:
     assert len(table.conflicts) == 2
 
 
+def test_the_one_unprefixed_server_owns_unlisted_bare_names() -> None:
+    alone = routing.build({"m": _entry("m", ["listed"], prefix=""), "p": _entry("p", ["t"])})
+    assert alone.tool_route("listed") == routing.Route("m", "listed")
+    assert alone.tool_route("unlisted") == routing.Route("m", "unlisted")  # passed to the bare server
+    assert alone.tool_route("p_t") == routing.Route("p", "t")
+    both_bare = routing.build({"a": _entry("a", ["x"], prefix=""), "b": _entry("b", ["y"], prefix="")})
+    assert both_bare.tool_route("unlisted") is None  # ambiguous: nobody owns the bare namespace
+    prefixed = routing.build({"p": _entry("p", ["t"])})
+    assert prefixed.tool_route("t") is None and prefixed.prompt_route("t") is None
+
+
 def test_cursor_round_trip_and_rejection() -> None:
     items = list(range(250))
     first, cursor = page(items, None, "tools")
@@ -125,8 +136,15 @@ def test_example_config_and_mcp_json(tmp_path: Path) -> None:
     sorted((ROOT / "deploy" / "nats").rglob("*.conf")),
     ids=lambda p: str(p.relative_to(ROOT / "deploy" / "nats")),
 )
-def test_nats_configs_are_valid(conf: Path) -> None:
-    result = subprocess.run([binary(), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30)
+def test_nats_configs_are_valid(conf: Path, tmp_path: Path) -> None:
+    cwd = None
+    if "tls" in conf.relative_to(ROOT / "deploy" / "nats").parts:
+        # nats-server loads the certificates the file names (./certs/...), from its working directory
+        from fedmcp.cli.certs import DEFAULT_CLIENTS, write_dev_certs
+
+        write_dev_certs(tmp_path / "certs", ["localhost", "127.0.0.1"], DEFAULT_CLIENTS.split(","))
+        cwd = tmp_path
+    result = subprocess.run([binary(), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30, cwd=cwd)
     assert result.returncode == 0, result.stderr + result.stdout
 
 

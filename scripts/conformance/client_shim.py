@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 import anyio
 from fedmcp.adapter.connection import raw_request
 from fedmcp.cli.inspect import read_state
+from fedmcp.shared.buckets import Region
 from fedmcp.shared.natsserver import NatsServer, free_port
 from fedmcp.shared.subjects import DEFAULT_PREFIX
 from mcp import Client
@@ -54,6 +55,9 @@ from mcp.shared.exceptions import MCPError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import PE, ROOT, VENV_PY, _alive, _descendants  # helpers of the server-mode runner
+
+REGION = Region("conformance-client")
+"""The shim's federation runs as this region; its catalog is read from that region's buckets."""
 
 SERVER = "mock"
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
@@ -92,7 +96,7 @@ def check_stop() -> None:
 def federation_toml(mock_url: str, data_dir: Path, edge_port: int, era: str | None) -> str:
     lines = [
         f"data_dir = {json.dumps(str(data_dir))}",
-        'region = "conformance-client"',
+        f'region = "{REGION.name}"',
         "[edge]",
         'host = "127.0.0.1"',
         f"port = {edge_port}",
@@ -120,7 +124,7 @@ def _readyz(port: int) -> tuple[int, str]:
 async def _bus_catalog(nats_url: str) -> dict[str, Any] | None:
     """The mock's catalog as the adapter announced it (catalogs bucket), or None if not there yet."""
     with anyio.fail_after(10):
-        catalogs, _ = await read_state(nats_url, DEFAULT_PREFIX)
+        catalogs, _ = await read_state(nats_url, DEFAULT_PREFIX, REGION)
     entry = catalogs.get(SERVER)
     if entry is None:
         return None

@@ -201,16 +201,24 @@ def run_harness(leg: Leg, target: str, url: str, out: Path, timeout: float) -> R
     return RunResult(target, rc, seconds, checks, messages)
 
 
-def federation_toml(backing: str, data_dir: Path, edge_port: int, backing_url: str | None, era: str | None) -> str:
+def federation_toml(
+    backing: str,
+    data_dir: Path,
+    edge_port: int,
+    backing_url: str | None,
+    era: str | None,
+    sse_poll_after: float | None = None,
+) -> str:
     lines = [
         f"data_dir = {json.dumps(str(data_dir))}",
         'region = "conformance"',
         "[edge]",
         'host = "127.0.0.1"',
         f"port = {edge_port}",
-        "[servers.everything]",
-        'prefix = ""',
     ]
+    if sse_poll_after is not None:  # only written when asked: older checkouts reject unknown fields
+        lines.append(f"sse_poll_after = {sse_poll_after}")
+    lines += ["[servers.everything]", 'prefix = ""']
     if era is not None:  # only written when asked: older checkouts reject unknown fields
         lines.append(f"era = {json.dumps(era)}")
     if backing == "stdio":
@@ -242,8 +250,23 @@ def run_direct(leg: Leg, procs: Procs, out: Path, timeout: float) -> tuple[RunRe
         procs.stop(server)
 
 
+@dataclass(frozen=True)
+class FedOptions:
+    """How the federation under test is configured (fedmcp.toml)."""
+
+    era: str | None = None
+    sse_poll_after: float | None = None
+
+
 def run_federated(
-    leg: Leg, backing: str, procs: Procs, out: Path, tools: set[str], timeout: float, fedmcp_root: Path, era: str | None
+    leg: Leg,
+    backing: str,
+    procs: Procs,
+    out: Path,
+    tools: set[str],
+    timeout: float,
+    fedmcp_root: Path,
+    opts: FedOptions,
 ) -> RunResult:
     """fedmcp up (CLI subprocess) on a fresh nats-server, one server `everything` with prefix ""."""
     started: list[subprocess.Popen[bytes]] = []
@@ -256,7 +279,7 @@ def run_federated(
             wait_tools(backing_url, server, None)
         edge_port = free_port()
         toml = out / "fedmcp.toml"
-        toml.write_text(federation_toml(backing, out / "data", edge_port, backing_url, era))
+        toml.write_text(federation_toml(backing, out / "data", edge_port, backing_url, opts.era, opts.sse_poll_after))
         cmd = ["uv", "run", "fedmcp", "up", "--config", str(toml), "--nats-url", nats.url]
         fed = procs.start(cmd, out / "fedmcp.log", cwd=fedmcp_root)
         started.append(fed)
@@ -270,7 +293,7 @@ def run_federated(
 
 
 def run_leg(
-    leg: Leg, backings: list[str], procs: Procs, work: Path, timeout: float, fedmcp_root: Path, era: str | None
+    leg: Leg, backings: list[str], procs: Procs, work: Path, timeout: float, fedmcp_root: Path, opts: FedOptions
 ) -> dict[str, RunResult]:
     results: dict[str, RunResult] = {}
     for target in ("direct", *backings):
@@ -279,7 +302,7 @@ def run_leg(
         if target == "direct":
             results[target], tools = run_direct(leg, procs, out, timeout)
         else:
-            results[target] = run_federated(leg, target, procs, out, tools, timeout, fedmcp_root, era)
+            results[target] = run_federated(leg, target, procs, out, tools, timeout, fedmcp_root, opts)
     return results
 
 
@@ -335,6 +358,12 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=W / "results" / "latest.json", help="summary file")
     ap.add_argument("--fedmcp-root", type=Path, default=ROOT, help="checkout whose `uv run fedmcp` is tested")
     ap.add_argument("--era", help='backing-connection era written to fedmcp.toml ("auto", "legacy", "2026-07-28")')
+    ap.add_argument(
+        "--sse-poll-after",
+        type=float,
+        default=0.1,
+        help="the edge's SEP-1699 polling (seconds; 0 disables): long calls' POST streams are closed and resumed",
+    )
     ap.add_argument("--harness-timeout", type=float, default=900.0, help="seconds per harness run")
     ns = ap.parse_args()
     if not NODE.exists() or not PE.exists() or shutil.which("uv") is None:
@@ -350,7 +379,8 @@ def main() -> int:
     try:
         for leg in legs:
             t0 = time.monotonic()
-            results = run_leg(leg, backings, procs, work, ns.harness_timeout, ns.fedmcp_root.resolve(), ns.era)
+            opts = FedOptions(ns.era, ns.sse_poll_after or None)
+            results = run_leg(leg, backings, procs, work, ns.harness_timeout, ns.fedmcp_root.resolve(), opts)
             rows = diff(results)
             unexpected = [
                 f"{scen['scenario']}:{check['check']}"

@@ -33,6 +33,13 @@ T = TypeVar("T")
 
 CATALOGS = "catalogs"
 """key `<server>` -> `CatalogEntry`; written by the region's leading manager only, watched by edges."""
+POLICY = "policy"
+"""key `current` -> `policy.Policy` (history 10); written by operators (`fedmcp policy set`, compare-and-set),
+watched by edges."""
+GRANTS = "grants"
+"""key `<principal>.<server>.<tool>` -> `grants.Grant`; written only by the region's own edges (and operators)."""
+GRANTVIEW = "grantview"
+"""No writer: a stream that sources every region's grants bucket, key `<origin region>.<grant key>` (grants.py)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,10 @@ def _stream_config(bucket: str, history: int, region: Region) -> StreamConfig:
     )
 
 
+class NotCreatedYet(Exception):
+    """The bucket does not exist, and this service only binds to it (the manager creates it)."""
+
+
 async def _patiently(attempt: Callable[[], Awaitable[T]], patience: float) -> T:
     """A cluster that is still electing its JetStream or stream leader answers "no responders"
     for a few seconds: keep trying for `patience` seconds."""
@@ -78,7 +89,7 @@ async def _patiently(attempt: Callable[[], Awaitable[T]], patience: float) -> T:
     while True:
         try:
             return await attempt()
-        except (NoRespondersError, TimeoutError, ServiceUnavailableError):
+        except (NoRespondersError, TimeoutError, ServiceUnavailableError, NotCreatedYet):
             if anyio.current_time() > deadline:
                 raise
             await anyio.sleep(0.25)
@@ -92,14 +103,18 @@ async def open_bucket(
     *,
     history: int = 1,
     patience: float = 30.0,
+    create: bool = True,
 ) -> KeyValue:
-    """Bind to the region's bucket, creating it if needed."""
+    """Bind to the region's bucket; create it if needed and `create` (managers), else wait for it
+    (edges and operators, whose NATS users may not create streams)."""
     bucket = subjects.bucket(name, region.name)
 
     async def attempt() -> KeyValue:
         try:
             return await js.key_value(bucket)
         except BucketNotFoundError:
+            if not create:
+                raise NotCreatedYet(bucket) from None
             # Two services racing here both succeed: an identical config is accepted.
             await js.add_stream(_stream_config(bucket, history, region))
             return await js.key_value(bucket)

@@ -2,17 +2,44 @@
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import nats
 import structlog
-from fedmcp.shared import metrics
+from fedmcp.shared import metrics, tls
 from nats.aio.client import Client as NATS
 
 log = structlog.get_logger("fedmcp.bus")
 
+INBOX_PREFIX_ENV = "FEDMCP_NATS_INBOX_PREFIX"
+"""Where the client's reply inboxes live (nats-py's default is `_INBOX`). A NATS user with
+per-role permissions may subscribe only to its own inboxes (deploy/nats/accounts.conf gives
+user U `_INBOX.U.>`), so set it to `_INBOX.U`, or to `_INBOX.{user}`: `{user}` is the user
+name in the NATS URL. Unset: nats-py's default, as before."""
+_PREFIX = re.compile(r"^[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*$")
+
+
+def inbox_prefix(url: str) -> str | None:
+    """The inbox prefix `FEDMCP_NATS_INBOX_PREFIX` asks for (None: nats-py's default)."""
+    template = os.environ.get(INBOX_PREFIX_ENV, "")
+    if not template:
+        return None
+    if "{user}" in template:
+        user = urlsplit(url.split(",")[0].strip()).username
+        if not user:
+            raise ValueError(f"{INBOX_PREFIX_ENV}={template!r} needs a user name in the NATS URL")
+        template = template.replace("{user}", user)
+    if not _PREFIX.match(template):
+        raise ValueError(f"{INBOX_PREFIX_ENV}={template!r} is not a subject without wildcards")
+    return template
+
 
 async def connect(url: str, *, name: str, **options: Any) -> NATS:
+    """Connect to `url` (comma-separated servers). TLS comes from the environment
+    (`FEDMCP_NATS_TLS_*`, see fedmcp.shared.tls) or a `tls://` URL; `options` override all."""
     service = name.split("-")[0]
 
     async def error_cb(exc: Exception) -> None:
@@ -38,5 +65,28 @@ async def connect(url: str, *, name: str, **options: Any) -> NATS:
         "disconnected_cb": disconnected_cb,
         "reconnected_cb": reconnected_cb,
     }
+    prefix = inbox_prefix(url)
+    if prefix is not None:
+        settings["inbox_prefix"] = prefix
+    secure = tls.nats_tls_from_env(url)
+    if secure is not None:
+        settings.update(secure.options())
     settings.update(options)
-    return await nats.connect(url.split(","), **settings)
+    if settings.get("tls") is None:
+        return await nats.connect(url.split(","), **settings)
+    nc = _TlsOnlyClient()
+    await nc.connect(url.split(","), **settings)
+    return nc
+
+
+class _TlsOnlyClient(NATS):
+    """A client that speaks to no server without TLS once TLS is configured.
+
+    nats-py upgrades a connection only when the server's INFO says `tls_required`, also for a
+    `tls://` URL, so a plaintext server (or anyone between, rewriting INFO) would get the CONNECT
+    and its credentials in the clear. Here every INFO counts as requiring TLS: a plaintext
+    server fails the handshake instead."""
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        info["tls_required"] = True
+        await super()._process_info(info, initial_connection)

@@ -51,6 +51,22 @@ class EdgeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_body_bytes: int = chunks.DEFAULT_LIMIT
     """Largest HTTP request body; also fedmcp's payload limit (shared/chunks.py)."""
     request_timeout: float = 60.0
+    sse_poll_after: float | None = None
+    """SEP-1699 polling for handshake-era HTTP clients: close a call's POST stream after this many
+    seconds (with a retry hint); the client resumes it with Last-Event-ID. None: never."""
+    tls_cert: str | None = None
+    """PEM certificate (chain) for HTTPS; with it the edge serves only HTTPS. Paths are relative
+    to the working directory."""
+    tls_key: str | None = None
+    """Its private key (PEM), unless the key is in `tls_cert`."""
+    tls_client_ca: str | None = None
+    """Require client certificates signed by this CA (mutual TLS)."""
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    """Host headers the MCP endpoint takes (exact, `name:*` for any port, `*` for any). Empty: loopback
+    names when bound to loopback, else any (DNS-rebinding protection, edge/guard.py)."""
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
+    """Origin headers (browsers) the MCP endpoint takes, same forms. Empty: loopback origins when bound
+    to loopback, else none. Requests without an Origin header always pass."""
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

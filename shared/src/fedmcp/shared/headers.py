@@ -57,14 +57,19 @@ def deadline_in(seconds: float) -> str:
     return str(int((time.time() + seconds) * 1000))
 
 
+MAX_WAIT = 7 * 86400.0
+"""Longest wait a header can ask for, in seconds: a larger one (or garbage) must not overflow timers."""
+
+
 def remaining(headers: Mapping[str, str] | None, default: float, *, name: str = DEADLINE) -> float:
-    """Seconds left before the time in header `name` (the deadline by default); negative when past."""
+    """Seconds left before the time in header `name` (the deadline by default); negative when past.
+    `default` when the header is absent or not a number of milliseconds; at most MAX_WAIT."""
     raw = headers.get(name) if headers else None
     if raw is None:
         return default
     try:
-        return int(raw) / 1000 - time.time()
-    except ValueError:
+        return min(int(raw) / 1000 - time.time(), MAX_WAIT)
+    except (ValueError, OverflowError):  # not an integer, more than 4300 digits, beyond a float
         return default
 
 

@@ -71,11 +71,19 @@ _encoder = msgspec.json.Encoder()
 
 
 def decode_request(data: bytes | bytearray) -> Request:
-    return _request_decoder.decode(data)
+    """msgspec.DecodeError for bytes that are not JSON (not UTF-8, nested too deep included)."""
+    try:
+        return _request_decoder.decode(data)
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise msgspec.DecodeError(f"unreadable JSON: {exc}") from None
 
 
 def decode_response(data: bytes | bytearray) -> Response:
-    return _response_decoder.decode(data)
+    """msgspec.DecodeError for bytes that are not JSON (not UTF-8, nested too deep included)."""
+    try:
+        return _response_decoder.decode(data)
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise msgspec.DecodeError(f"unreadable JSON: {exc}") from None
 
 
 def result_of(data: bytes | bytearray) -> Any:
@@ -113,4 +121,7 @@ def encode_notification(method: str, params: dict[str, Any]) -> bytes:
 
 
 def encode_error(request_id: RequestId | None, code: int, message: str, data: Any = None) -> bytes:
-    return _encoder.encode(Response(id=request_id, error=ErrorBody(code=code, message=message, data=data)))
+    """A JSON-RPC error response; `"jsonrpc"` and `"id"` (null when unknown) always present, as the spec requires."""
+    return _encoder.encode(
+        {"jsonrpc": "2.0", "id": request_id, "error": ErrorBody(code=code, message=message, data=data)}
+    )

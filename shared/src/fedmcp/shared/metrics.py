@@ -36,6 +36,15 @@ POOL_SIZE = Gauge("fedmcp_adapter_pool_size", "Open sessions to the backing serv
 REGISTRY_INSTANCES = Gauge("fedmcp_registry_instances", "Adapter instances in the registry.", ["server"])
 EVICTIONS = Counter("fedmcp_registry_evictions_total", "Instances removed for missed heartbeats.", ["server"])
 
+# -- audit (any service that records security decisions) ---------------------------
+AUDIT_FAILURES = Counter(
+    "fedmcp_audit_failures_total",
+    "Audit events that were not stored: reason 'backlog' (too many awaiting their ack), 'publish' "
+    "(the NATS client refused it), 'rejected' (JetStream answered an error, or no stream), "
+    "'timeout' (no ack in time) or 'invalid' (not an audit event).",
+    ["reason"],
+)
+
 # -- every service ----------------------------------------------------------------
 BUS_ERRORS = Counter("fedmcp_bus_errors_total", "Errors reported by the NATS client.", ["service"])
 BUS_RECONNECTS = Counter("fedmcp_bus_reconnects_total", "Reconnections of the NATS client.", ["service"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl as _ssl
 from collections.abc import Callable, Iterator
 
 import anyio
@@ -53,8 +54,26 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-async def serve_asgi(app: Starlette, sock: socket.socket, *, stop: anyio.Event) -> None:
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, timeout_graceful_shutdown=10)
+async def serve_asgi(
+    app: Starlette, sock: socket.socket, *, stop: anyio.Event, ssl: _ssl.SSLContext | None = None
+) -> None:
+    """Serve `app` on `sock` until `stop`; HTTPS with `ssl` (fedmcp.shared.tls.server_context)."""
+
+    def use_context(config: uvicorn.Config, default: Callable[[], _ssl.SSLContext]) -> _ssl.SSLContext:
+        assert ssl is not None
+        alpn: list[str] | None = getattr(config.http_protocol_class, "alpn_protocols", None)
+        if alpn:
+            ssl.set_alpn_protocols(alpn)
+        return ssl
+
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        ssl_context_factory=None if ssl is None else use_context,
+    )
     server = _Uvicorn(config)
     async with anyio.create_task_group() as tg:
 

@@ -44,3 +44,13 @@ def region_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def regions_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """`--regions east,west`: every region whose consent grants this one reads (its own always included)."""
+    return click.option(
+        "--regions",
+        envvar="FEDMCP_REGIONS",
+        default="",
+        help="Comma-separated regions whose consent grants are honoured here (default: only --region).",
+    )(f)

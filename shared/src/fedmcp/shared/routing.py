@@ -58,6 +58,22 @@ class RoutingTable:
     """Per merged list: the combined hints of every server that contributes to it."""
     version: str = ""
     """Changes whenever any catalog changes; binds pagination cursors."""
+    unprefixed: str | None = None
+    """The one server exposed without a prefix, if exactly one is: it owns the bare namespace, so
+    a tool or prompt name no catalog lists is passed to it (a transparent proxy for servers that
+    serve names they do not list)."""
+
+    def tool_route(self, name: str) -> Route | None:
+        route = self.tools.get(name)
+        if route is None and self.unprefixed is not None:
+            return Route(self.unprefixed, name)
+        return route
+
+    def prompt_route(self, name: str) -> Route | None:
+        route = self.prompts.get(name)
+        if route is None and self.unprefixed is not None:
+            return Route(self.unprefixed, name)
+        return route
 
     def route_uri(self, uri: str) -> Route | None:
         route = self.resources.get(uri)
@@ -152,5 +168,7 @@ def build(entries: Mapping[str, CatalogEntry]) -> RoutingTable:
         ):
             if items:
                 t.cache[key] = combine(t.cache.get(key), cat.cache.get(key, Freshness()))
+    bare = [server for server, entry in sorted(entries.items()) if entry.settings.prefix == ""]
+    t.unprefixed = bare[0] if len(bare) == 1 else None
     t.version = _short_hash(*(f"{s}:{e.digest}:{e.settings.prefix}" for s, e in sorted(entries.items())))
     return t

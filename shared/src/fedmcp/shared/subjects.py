@@ -56,9 +56,10 @@ class Subjects:
         """Cancels sent by edges to every adapter of a server; the payload names the call's reply subject."""
         return f"{self.prefix}.ctl.cancel.{server}"
 
-    def ping(self, instance: str) -> str:
-        """Is this adapter instance alive and still holding the call named in the payload? ("1"/"0")"""
-        return f"{self.prefix}.ctl.ping.{instance}"
+    def ping(self, server: str, instance: str) -> str:
+        """Is this adapter instance alive and still holding the call named in the payload? ("1"/"0")
+        Names the server too, so that NATS permissions can keep each adapter to its own server's pings."""
+        return f"{self.prefix}.ctl.ping.{server}.{instance}"
 
     # -- control plane ----------------------------------------------------
     def announce(self, server: str, instance: str) -> str:
@@ -102,6 +103,28 @@ class Subjects:
 
     def reannounce_all(self) -> str:
         return f"{self.prefix}.ctl.reannounce.*"
+
+    def consent_changed(self, region: str) -> str:
+        """Consent grants or revocations just written to `region`'s grants bucket; the payload is the
+        JSON list of the `Grant`s written. Every edge listens: a revocation takes effect at once."""
+        return f"{self.prefix}.evt.consent.{check_token(region, 'region')}"
+
+    def consent_changed_all(self) -> str:
+        return f"{self.prefix}.evt.consent.*"
+
+    # -- audit ------------------------------------------------------------
+    def audit(self, region: str, kind: str) -> str:
+        """One security decision of `kind` in `region`; the dots of a kind (`consent.granted`) are subject levels."""
+        levels = ".".join(check_token(level, "audit kind") for level in kind.split("."))
+        return f"{self.prefix}.audit.{check_token(region, 'region')}.{levels}"
+
+    def audit_all(self, region: str) -> str:
+        """Every audit event of a region: the subjects of its audit stream."""
+        return f"{self.prefix}.audit.{check_token(region, 'region')}.>"
+
+    def audit_stream(self, region: str) -> str:
+        """The JetStream stream of a region's audit events (stream names may not contain dots)."""
+        return f"{self.prefix.replace('.', '_')}_AUDIT_{check_token(region, 'region')}"
 
     # -- state ------------------------------------------------------------
     def bucket(self, name: str, region: str) -> str:

@@ -18,8 +18,8 @@ async def read_state(
     nc = await bus.connect(nats_url, name="fedmcp-ls", allow_reconnect=False)
     try:
         js = nc.jetstream(timeout=5)
-        cat_kv = await buckets.open_bucket(js, subjects, buckets.CATALOGS, region)
-        reg_kv = await buckets.open_bucket(js, subjects, buckets.REGISTRY, region)
+        cat_kv = await buckets.open_bucket(js, subjects, buckets.CATALOGS, region, create=False, patience=5)
+        reg_kv = await buckets.open_bucket(js, subjects, buckets.REGISTRY, region, create=False, patience=5)
         catalogs = {k: envelopes.decode(v, CatalogEntry) for k, v in (await buckets.read_all(js, cat_kv)).items()}
         instances = [envelopes.decode(v, Instance) for v in (await buckets.read_all(js, reg_kv)).values()]
         return catalogs, instances

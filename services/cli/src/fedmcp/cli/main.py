@@ -6,6 +6,8 @@ fedmcp manager   a federation manager
 fedmcp adapter   an adapter for one backing server
 fedmcp ls        servers, instances and conflicts, read from the bus
 fedmcp call      call a tool through an edge
+fedmcp policy    the region's authorization policy (show, set, check, history)
+fedmcp consent   consent grants (list, revoke)
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from pathlib import Path
 import anyio
 import click
 from fedmcp.adapter.main import main as adapter_main
+from fedmcp.cli import admin, inspect
 from fedmcp.cli import call as call_mod
-from fedmcp.cli import inspect
+from fedmcp.cli.audit import audit as audit_group
+from fedmcp.cli.certs import certs
 from fedmcp.cli.up import run_up
 from fedmcp.edge.main import main as edge_main
 from fedmcp.manager.main import main as manager_main
@@ -36,6 +40,10 @@ def cli() -> None:
 cli.add_command(edge_main, "edge")
 cli.add_command(manager_main, "manager")
 cli.add_command(adapter_main, "adapter")
+cli.add_command(admin.policy_group, "policy")
+cli.add_command(admin.consent_group, "consent")
+cli.add_command(audit_group, "audit")
+cli.add_command(certs, "certs")
 
 
 @cli.command()

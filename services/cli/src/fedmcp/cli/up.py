@@ -15,10 +15,10 @@ import anyio
 import click
 import structlog
 from fedmcp.adapter.service import Adapter
-from fedmcp.edge.http import serve_http
+from fedmcp.edge.http import endpoint, serve_http
 from fedmcp.edge.runtime import edge_runtime
 from fedmcp.manager.main import run_manager
-from fedmcp.shared import bus
+from fedmcp.shared import bus, tls
 from fedmcp.shared.buckets import Region
 from fedmcp.shared.config import Config
 from fedmcp.shared.natsserver import NatsServer, free_port
@@ -42,6 +42,8 @@ async def run_up(config: Config, *, nats_url: str | None, ready_timeout: float =
     stop = anyio.Event()
     subjects = Subjects(config.prefix)
     region = Region(config.region)
+    # [edge] tls_cert / tls_key / tls_client_ca: HTTPS (checked before anything starts)
+    ssl = tls.optional_server_context(config.edge.tls_cert, config.edge.tls_key, config.edge.tls_client_ca)
     async with AsyncExitStack() as stack:
         if nats_url is None:
             port = 4222 if _port_free("127.0.0.1", 4222) else free_port()
@@ -66,7 +68,11 @@ async def run_up(config: Config, *, nats_url: str | None, ready_timeout: float =
                     adapters.append(adapter)
                     tg.start_soon(adapter.run)
             async with edge_runtime(
-                nats_url, prefix=config.prefix, region=region, request_timeout=config.edge.request_timeout
+                nats_url,
+                prefix=config.prefix,
+                region=region,
+                request_timeout=config.edge.request_timeout,
+                sse_poll_after=config.edge.sse_poll_after,
             ) as edge:
                 with anyio.move_on_after(ready_timeout) as waiting:
 
@@ -82,11 +88,11 @@ async def run_up(config: Config, *, nats_url: str | None, ready_timeout: float =
                 if missing:
                     log.warning("servers not ready yet; they join when they connect", servers=missing)
                 sock = bind(config.edge.host, config.edge.port)
-                host, port = sock.getsockname()[:2]
-                click.echo(f"fedmcp is up: MCP endpoint http://{host}:{port}{config.edge.path}  (NATS {nats_url})")
+                url = endpoint(sock, config.edge.path, tls=ssl is not None)
+                click.echo(f"fedmcp is up: MCP endpoint {url}  (NATS {nats_url})")
                 click.echo(f"servers: {', '.join(sorted(edge.view.table.servers)) or 'none'}; Ctrl-C stops.")
                 await serve_http(
-                    edge, sock, stop=stop, path=config.edge.path, max_body_bytes=config.edge.max_body_bytes
+                    edge, sock, stop=stop, path=config.edge.path, max_body_bytes=config.edge.max_body_bytes, ssl=ssl
                 )
             for adapter in adapters:
                 adapter.stop()

@@ -3,37 +3,41 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
+from ssl import SSLContext
 
 import anyio
 from fedmcp.edge.event_store import MemoryEventStore
-from fedmcp.edge.guard import JsonRpcGuard
-from fedmcp.edge.legacy_sse import legacy_sse_routes
+from fedmcp.edge.guard import JsonRpcGuard, RequestGuard, sdk_security, transport_security
+from fedmcp.edge.legacy_sse import MESSAGES_PATH, SSE_PATH, legacy_sse_routes
 from fedmcp.edge.runtime import Edge
 from fedmcp.edge.tracecontext import TraceContext
 from fedmcp.shared import chunks
 from fedmcp.shared.ops_http import ops_routes, serve_asgi
-from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 RETRY_MS = 1000
 """SSE `retry` hint for handshake-era clients whose stream was closed for polling."""
 
 
-def build_app(edge: Edge, *, host: str, path: str = "/mcp", max_body_bytes: int = chunks.DEFAULT_LIMIT) -> Starlette:
+def build_app(
+    edge: Edge,
+    *,
+    host: str,
+    path: str = "/mcp",
+    max_body_bytes: int = chunks.DEFAULT_LIMIT,
+    allowed_hosts: Sequence[str] = (),
+    allowed_origins: Sequence[str] = (),
+) -> Starlette:
+    """`allowed_hosts` / `allowed_origins`: the Host and Origin headers taken on the MCP paths (empty: the
+    defaults of `guard.transport_security` for the address bound, `host`)."""
+
     def readiness() -> dict[str, bool]:
         return {"nats": bool(edge.nc.is_connected), "catalog_loaded": edge.view.loaded.is_set()}
 
-    if host in LOOPBACK:
-        security = TransportSecuritySettings(
-            enable_dns_rebinding_protection=True,
-            allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
-            allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
-        )
-    else:
-        # Behind a load balancer the Host header is the public name; operators
-        # restrict origins there. DNS-rebinding checks stay on for loopback.
-        security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    # DNS-rebinding protection: Host and Origin are checked first by the RequestGuard, then by the SDK.
+    checks = transport_security(host, allowed_hosts, allowed_origins)
+    security = sdk_security(checks)
     app = edge.federated.server.streamable_http_app(
         streamable_http_path=path,
         host=host,
@@ -47,6 +51,7 @@ def build_app(edge: Edge, *, host: str, path: str = "/mcp", max_body_bytes: int 
         ],
     )
     app.add_middleware(JsonRpcGuard, path=path, max_body_bytes=max_body_bytes)
+    app.add_middleware(RequestGuard, paths=[path, SSE_PATH, MESSAGES_PATH], security=checks)
     app.add_middleware(TraceContext)
     return app
 
@@ -58,6 +63,24 @@ async def serve_http(
     stop: anyio.Event,
     path: str = "/mcp",
     max_body_bytes: int = chunks.DEFAULT_LIMIT,
+    ssl: SSLContext | None = None,
+    allowed_hosts: Sequence[str] = (),
+    allowed_origins: Sequence[str] = (),
 ) -> None:
-    app = build_app(edge, host=sock.getsockname()[0], path=path, max_body_bytes=max_body_bytes)
-    await serve_asgi(app, sock, stop=stop)
+    """Serve MCP on `sock` until `stop`: HTTPS with `ssl` (fedmcp.shared.tls.server_context), else HTTP."""
+    app = build_app(
+        edge,
+        host=sock.getsockname()[0],
+        path=path,
+        max_body_bytes=max_body_bytes,
+        allowed_hosts=allowed_hosts,
+        allowed_origins=allowed_origins,
+    )
+    await serve_asgi(app, sock, stop=stop, ssl=ssl)
+
+
+def endpoint(sock: socket.socket, path: str, *, tls: bool) -> str:
+    """The URL clients use for the edge listening on `sock`."""
+    host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host
+    return f"{'https' if tls else 'http'}://{host}:{port}{path}"

@@ -6,33 +6,46 @@ from functools import partial
 
 import anyio
 import click
-from fedmcp.edge.http import serve_http
+import structlog
+from fedmcp.edge.http import endpoint, serve_http
 from fedmcp.edge.runtime import edge_runtime
-from fedmcp.shared import buckets, chunks, logs, runner, telemetry
+from fedmcp.shared import buckets, chunks, logs, runner, telemetry, tls
+from fedmcp.shared.config import EdgeSettings
 from fedmcp.shared.ops_http import bind
 from fedmcp.shared.options import region_options
 from fedmcp.shared.signals import stop_on_signals
 from fedmcp.shared.subjects import DEFAULT_PREFIX
 from mcp.server.stdio import stdio_server
 
+log = structlog.get_logger("fedmcp.edge")
 
-async def run_http(
-    nats_url: str,
-    prefix: str,
-    region: buckets.Region,
-    host: str,
-    port: int,
-    path: str,
-    max_body_bytes: int,
-    request_timeout: float,
-) -> None:
+
+async def run_http(nats_url: str, prefix: str, region: buckets.Region, settings: EdgeSettings) -> None:
     stop = anyio.Event()
     async with (
-        edge_runtime(nats_url, prefix=prefix, region=region, request_timeout=request_timeout) as edge,
+        edge_runtime(
+            nats_url,
+            prefix=prefix,
+            region=region,
+            request_timeout=settings.request_timeout,
+            sse_poll_after=settings.sse_poll_after,
+        ) as edge,
         anyio.create_task_group() as tg,
     ):
         tg.start_soon(stop_on_signals, stop)
-        await serve_http(edge, bind(host, port), path=path, max_body_bytes=max_body_bytes, stop=stop)
+        sock = bind(settings.host, settings.port)
+        ssl = tls.optional_server_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        log.info("serving MCP", endpoint=endpoint(sock, settings.path, tls=ssl is not None))
+        await serve_http(
+            edge,
+            sock,
+            path=settings.path,
+            max_body_bytes=settings.max_body_bytes,
+            stop=stop,
+            ssl=ssl,
+            allowed_hosts=settings.allowed_hosts,
+            allowed_origins=settings.allowed_origins,
+        )
         tg.cancel_scope.cancel()
 
 
@@ -50,6 +63,45 @@ async def run_stdio(nats_url: str, prefix: str, region: buckets.Region) -> None:
 @click.option("--path", default="/mcp", show_default=True)
 @click.option("--max-body-bytes", default=chunks.DEFAULT_LIMIT, show_default=True)
 @click.option("--request-timeout", default=60.0, show_default=True, help="Seconds a call may take end to end.")
+@click.option(
+    "--sse-poll-after",
+    type=float,
+    default=None,
+    help="SEP-1699 polling: close a handshake-era call's POST stream after this many seconds; "
+    "the client resumes it with Last-Event-ID.",
+)
+@click.option(
+    "--tls-cert",
+    envvar="FEDMCP_EDGE_TLS_CERT",
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM certificate (chain): serve HTTPS instead of HTTP.",
+)
+@click.option(
+    "--tls-key",
+    envvar="FEDMCP_EDGE_TLS_KEY",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Private key of --tls-cert (PEM), unless it is in that file.",
+)
+@click.option(
+    "--tls-client-ca",
+    envvar="FEDMCP_EDGE_TLS_CLIENT_CA",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Require client certificates signed by this CA (mutual TLS).",
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    help="A Host header the MCP endpoint takes (repeatable; `name:*` any port, `*` any). "
+    "Default: loopback names when bound to loopback, else any.",
+)
+@click.option(
+    "--allowed-origin",
+    "allowed_origins",
+    multiple=True,
+    help="A browser Origin the MCP endpoint takes (repeatable; `https://app.example:*`, `*`). "
+    "Default: loopback origins when bound to loopback, else none.",
+)
 @click.option("--stdio", is_flag=True, help="Speak MCP on stdin/stdout (for desktop clients) instead of HTTP.")
 def main(
     nats_url: str,
@@ -60,6 +112,12 @@ def main(
     path: str,
     max_body_bytes: int,
     request_timeout: float,
+    sse_poll_after: float | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_client_ca: str | None,
+    allowed_hosts: tuple[str, ...],
+    allowed_origins: tuple[str, ...],
     stdio: bool,
 ) -> None:
     """Run an edge."""
@@ -68,7 +126,24 @@ def main(
     if stdio:
         runner.run(partial(run_stdio, nats_url, prefix, region))
     else:
-        runner.run(partial(run_http, nats_url, prefix, region, host, port, path, max_body_bytes, request_timeout))
+        settings = EdgeSettings(
+            host=host,
+            port=port,
+            path=path,
+            max_body_bytes=max_body_bytes,
+            request_timeout=request_timeout,
+            sse_poll_after=sse_poll_after,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+            allowed_hosts=list(allowed_hosts),
+            allowed_origins=list(allowed_origins),
+        )
+        try:  # a bad certificate or key is a usage error, before anything connects
+            tls.optional_server_context(tls_cert, tls_key, tls_client_ca)
+        except (ValueError, OSError) as exc:
+            raise click.UsageError(f"TLS: {exc}") from None
+        runner.run(partial(run_http, nats_url, prefix, region, settings))
 
 
 if __name__ == "__main__":

@@ -40,12 +40,16 @@ async def edge_runtime(
     overload_wait: float = 5.0,
     edge_id: str | None = None,
     region: buckets.Region = buckets.LOCAL,
+    sse_poll_after: float | None = None,
 ) -> AsyncIterator[Edge]:
     subjects = Subjects(prefix)
     edge_id = edge_id or new_edge_id()
     nc = await bus.connect(nats_url, name=edge_id)
     try:
-        kv = await buckets.open_bucket(nc.jetstream(timeout=5), subjects, buckets.CATALOGS, region)
+        # The region's managers create it; an edge only binds (and waits for a manager to start).
+        kv = await buckets.open_bucket(
+            nc.jetstream(timeout=5), subjects, buckets.CATALOGS, region, create=False, patience=120
+        )
         view = CatalogView(kv)
         upstream = Upstream(
             nc,
@@ -56,7 +60,7 @@ async def edge_runtime(
             overload_wait=overload_wait,
         )
         await upstream.start()
-        federated = FederatedServer(view, upstream)
+        federated = FederatedServer(view, upstream, sse_poll_after=sse_poll_after)
         await federated.subscriptions.start(subjects)
         async with anyio.create_task_group() as tg:
             await tg.start(view.run)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
+import anyio
 import mcp_types as types
 import structlog
 from fedmcp.edge.catalog import CatalogView
@@ -128,9 +131,18 @@ def resource_not_found(ctx: ServerRequestContext[Any, Any], uri: str) -> MCPErro
 
 class FederatedServer:
     def __init__(
-        self, view: CatalogView, upstream: Upstream, *, name: str = "fedmcp", sealer: Sealer | None = None
+        self,
+        view: CatalogView,
+        upstream: Upstream,
+        *,
+        name: str = "fedmcp",
+        sealer: Sealer | None = None,
+        sse_poll_after: float | None = None,
     ) -> None:
         self.view = view
+        self.sse_poll_after = sse_poll_after
+        """SEP-1699 polling: seconds after which a handshake-era call's POST stream is closed
+        (with a retry hint) while the call goes on; None never closes it."""
         self.sealer = sealer or Sealer()
         self.upstream = upstream
         self.events = InMemorySubscriptionBus()
@@ -254,7 +266,8 @@ class FederatedServer:
         code: int | None = None
         metrics.EDGE_INFLIGHT.inc()
         try:
-            return await self._forward_measured(ctx, server, method, params, idempotent)
+            async with self._polling(ctx):
+                return await self._forward_measured(ctx, server, method, params, idempotent)
         except MCPError as exc:
             code = exc.error.code
             raise
@@ -263,6 +276,30 @@ class FederatedServer:
             metrics.SERVER_DURATION.labels(server, method, tool, metrics.outcome(code)).observe(
                 time.perf_counter() - started
             )
+
+    @asynccontextmanager
+    async def _polling(self, ctx: ServerRequestContext[Any, Any]) -> AsyncIterator[None]:
+        """SEP-1699: a call still running after `sse_poll_after` seconds has its POST stream closed
+        with a retry hint; the client comes back with `Last-Event-ID` and gets the rest from the
+        event store. Frees connections on long calls (and through proxies that cut idle ones).
+        The SDK offers the close only to resumable (2025-11-25) sessions; a 2026-07-28 stream
+        close means cancel, so those are never closed."""
+        close = ctx.close_sse_stream
+        if self.sse_poll_after is None or close is None or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            yield
+            return
+        after = self.sse_poll_after
+
+        async def later() -> None:
+            await anyio.sleep(after)
+            await close()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(later)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
 
     async def _forward_measured(
         self, ctx: ServerRequestContext[Any, Any], server: str, method: str, params: Params, idempotent: bool
@@ -376,18 +413,18 @@ class FederatedServer:
 
     async def call_tool(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
         self._remember(ctx)
-        route = self.view.table.tools.get(params.name)
+        route = self.view.table.tool_route(params.name)
         if route is None:
             raise MCPError(code=jsonrpc.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
         forwarded = forward_params(ctx)
         forwarded["name"] = route.name
-        hints = self.view.table.tool_by_name[params.name].get("annotations") or {}
+        hints = self.view.table.tool_by_name.get(params.name, {}).get("annotations") or {}
         idempotent = bool(hints.get("readOnlyHint") or hints.get("idempotentHint"))
         return await self._forward(ctx, route.server, "tools/call", forwarded, idempotent=idempotent)
 
     async def get_prompt(self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams) -> Any:
         self._remember(ctx)
-        route = self.view.table.prompts.get(params.name)
+        route = self.view.table.prompt_route(params.name)
         if route is None:
             raise MCPError(code=jsonrpc.INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
         forwarded = forward_params(ctx)

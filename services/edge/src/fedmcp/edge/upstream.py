@@ -8,6 +8,7 @@ notifications, then the result) without a subscription per call.
 from __future__ import annotations
 
 import itertools
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -283,7 +284,9 @@ class Upstream:
         accepted: bool,
         upload: list[bytes] | None = None,
     ) -> Any:
-        token = str(next(self._tokens))
+        # Unguessable: adapters may publish to any reply subject, so a token must not be
+        # derivable from one an adapter has seen (it could inject frames into other calls).
+        token = secrets.token_hex(12)
         send_stream, receive = anyio.create_memory_object_stream[Frame](32)
         self._calls[token] = call = _Call(send_stream, receive, chunks.Assembler(self.max_payload_bytes))
         call.upload = upload or []
@@ -334,7 +337,7 @@ class Upstream:
                     raise _NotAccepted
                 if anyio.current_time() >= deadline:
                     raise MCPError(code=jsonrpc.UPSTREAM_TIMEOUT, message=f"server {server!r} did not answer in time")
-                if not await self._still_held(call):
+                if not await self._still_held(server, call):
                     raise _Lost
                 continue
             if frame.kind == headers.Kind.BUSY:
@@ -360,13 +363,13 @@ class Upstream:
                 if interrupt is not None:
                     return interrupt
 
-    async def _still_held(self, call: _Call) -> bool:
+    async def _still_held(self, server: str, call: _Call) -> bool:
         """After a silence: does the adapter that accepted still hold the call?"""
         if not call.instances:
             return True  # a resumed call: nobody to ask, wait for the deadline
         try:
             answer = await self.nc.request(
-                self.subjects.ping(call.instances[-1]), call.reply.encode(), timeout=1.0, headers=headers.base()
+                self.subjects.ping(server, call.instances[-1]), call.reply.encode(), timeout=1.0, headers=headers.base()
             )
         except Exception:  # no responders or no answer: the instance is gone
             return False

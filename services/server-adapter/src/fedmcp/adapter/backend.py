@@ -259,7 +259,7 @@ def take_progress(params: dict[str, Any] | None, sink: Sink | None) -> tuple[dic
 async def read_catalog(name: str, client: Client) -> Catalog:
     """Read every page of every list the server offers."""
     caps = client.server_capabilities
-    offered = {
+    offered: dict[str, bool | None] = {  # None: not declared, asked anyway
         "tools/list": caps.tools is not None,
         "resources/list": caps.resources is not None,
         "resources/templates/list": caps.resources is not None,
@@ -267,21 +267,29 @@ async def read_catalog(name: str, client: Client) -> Catalog:
     }
     lists: dict[str, list[dict[str, Any]]] = {}
     hints: dict[str, Freshness] = {}
+    if not any(offered.values()):
+        # A server that declares nothing may still serve tools (seen in the wild): ask for
+        # them, briefly. Lists it does declare are the only ones asked otherwise, since some
+        # servers never answer a method they do not know.
+        offered["tools/list"] = None
     for method, key in LIST_METHODS.items():
         items: list[dict[str, Any]] = []
-        if offered[method]:
+        declared = offered[method]
+        if declared is not False:
             try:
                 cursor: str | None = None
                 for _ in range(_MAX_PAGES):
-                    page = await raw_request(client, method, {"cursor": cursor} if cursor else None, timeout=30)
+                    params = {"cursor": cursor} if cursor else None
+                    page = await raw_request(client, method, params, timeout=30 if declared else 5)
                     items.extend(page.get(key) or [])
                     hints[key] = combine(hints.get(key), Freshness.of(page))
                     cursor = page.get("nextCursor")
                     if not cursor:
                         break
-            except (MCPError, ValidationError) as exc:
+            except (MCPError, ValidationError, TimeoutError) as exc:
                 # One broken list must not take the whole server out of the federation.
-                log.warning("backing server list failed; treated as empty", server=name, method=method, error=str(exc))
+                level = log.warning if declared else log.info
+                level("backing server list failed; treated as empty", server=name, method=method, error=str(exc))
                 items = []
         lists[key] = items
     info = client.server_info

@@ -20,13 +20,14 @@ import msgspec
 import structlog
 from anyio.abc import TaskGroup
 from fedmcp.adapter.backend import Backend, BackendUnavailable
-from fedmcp.shared import chunks, discovery, envelopes, headers, jsonrpc, metrics, telemetry
+from fedmcp.shared import chunks, discovery, envelopes, headers, jsonrpc, metrics, natsguard, telemetry
 from fedmcp.shared.config import BackingServer
 from fedmcp.shared.envelopes import Announce, Catalog, Heartbeat, Instance, ServerSettings
 from fedmcp.shared.subjects import Subjects
 from mcp.shared.exceptions import MCPError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 
 log = structlog.get_logger("fedmcp.adapter")
 
@@ -59,7 +60,7 @@ def _capabilities(raw: str | None) -> dict[str, Any] | None:
         return None
     try:
         caps = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
     return caps if isinstance(caps, dict) else None
 
@@ -87,7 +88,7 @@ class Adapter:
         max_payload_bytes: int = chunks.DEFAULT_LIMIT,
         max_concurrency: int | None = None,
     ) -> None:
-        self.nc = nc
+        self.nc = natsguard.harden(nc)  # a malformed header block from any publisher must not deafen it
         self.name = name
         self.subjects = subjects or Subjects()
         self.heartbeat_interval = heartbeat_interval
@@ -264,7 +265,12 @@ class Adapter:
         size_header = (msg.headers or {}).get(headers.UPLOAD)
         if size_header is None:
             return msg.data
-        size = int(size_header) if size_header.isdigit() else 0
+        try:
+            size = int(size_header) if size_header.isdecimal() else -1
+        except ValueError:  # more digits than int() takes
+            size = -1
+        if size < 0:
+            raise MCPError(code=jsonrpc.INVALID_REQUEST, message="the upload size header is not a byte count")
         if size > self.max_payload_bytes:
             raise MCPError(
                 code=jsonrpc.PAYLOAD_TOO_LARGE, message=chunks.too_large_message(size, self.max_payload_bytes)
@@ -273,18 +279,24 @@ class Adapter:
             raise MCPError(code=jsonrpc.INVALID_REQUEST, message="an upload needs a reply subject")
         body = bytearray()
         index = 0
-        with anyio.fail_after(max(left, 0.1)):
-            while len(body) < size:
-                piece = await self.nc.request(
-                    msg.reply,
-                    b"",
-                    timeout=max(0.1, left),
-                    headers=headers.base({headers.KIND: headers.Kind.PULL, headers.CHUNK_INDEX: str(index)}),
-                )
-                if not piece.data:
-                    raise MCPError(code=jsonrpc.INVALID_REQUEST, message="the edge stopped sending the request body")
-                body += piece.data
-                index += 1
+        stopped = MCPError(code=jsonrpc.INVALID_REQUEST, message="the edge stopped sending the request body")
+        try:
+            with anyio.fail_after(max(left, 0.1)):
+                while len(body) < size:
+                    piece = await self.nc.request(
+                        msg.reply,
+                        b"",
+                        timeout=max(0.1, left),
+                        headers=headers.base({headers.KIND: headers.Kind.PULL, headers.CHUNK_INDEX: str(index)}),
+                    )
+                    if not piece.data:
+                        raise stopped
+                    body += piece.data
+                    index += 1
+        except (TimeoutError, NatsError):  # nobody answers on the reply subject, or too late
+            raise stopped from None
+        if len(body) > size:
+            raise MCPError(code=jsonrpc.INVALID_REQUEST, message="the request body is larger than announced")
         return body
 
     async def _forward(self, request: jsonrpc.Request, call: _Call, hdrs: dict[str, str]) -> bytes:
@@ -375,7 +387,7 @@ class Adapter:
                 self._tg = work
                 reannounce = await self.nc.subscribe(self.subjects.reannounce(self.name), cb=self._on_reannounce)
                 cancels = await self.nc.subscribe(self.subjects.cancel(self.name), cb=self._on_cancel)
-                pings = await self.nc.subscribe(self.subjects.ping(self.instance.instance), cb=self._on_ping)
+                pings = await self.nc.subscribe(self.subjects.ping(self.name, self.instance.instance), cb=self._on_ping)
                 micro = await discovery.register(
                     self.nc,
                     discovery.ADAPTER,

@@ -1,0 +1,95 @@
+"""SEP-1699 polling: the edge closes a long call's POST stream and the client resumes it with Last-Event-ID."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx2
+import pytest
+from conftest import federation, python_server
+from fedmcp.shared.natsserver import NatsServer
+from mcp import Client
+
+pytestmark = pytest.mark.anyio
+
+SSE = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+async def events(response: httpx2.Response) -> list[dict[str, str]]:
+    """The SSE events of a response body until the server closes it."""
+    found: list[dict[str, str]] = []
+    event: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if not line:
+            if event:
+                found.append(event)
+            event = {}
+            continue
+        field, _, value = line.partition(":")
+        event[field] = value.removeprefix(" ")
+    if event:
+        found.append(event)
+    return found
+
+
+def results(found: list[dict[str, str]], request_id: int) -> list[dict[str, Any]]:
+    bodies = [json.loads(e["data"]) for e in found if e.get("data")]
+    return [b for b in bodies if b.get("id") == request_id and "result" in b]
+
+
+async def test_a_long_call_is_closed_and_resumed_with_last_event_id(nats_server: NatsServer) -> None:
+    async with federation(nats_server.url, sse_poll_after=0.3) as fed:
+        await fed.add_server("probe", python_server("probe_server.py"))
+        async with httpx2.AsyncClient(timeout=20) as http:
+            init = {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"},
+                },
+            }
+            response = await http.post(fed.url, json=init, headers=SSE)
+            session = {
+                **SSE,
+                "mcp-session-id": response.headers["mcp-session-id"],
+                "mcp-protocol-version": "2025-11-25",
+            }
+            await http.post(fed.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session)
+            call = {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "probe_sleep", "arguments": {"seconds": 1.5}},
+            }
+            async with http.stream("POST", fed.url, json=call, headers=session) as response:
+                posted = await events(response)
+            # A priming event (an id, no data) with a retry hint, then the stream closes: no result yet.
+            assert posted[0].get("id") and not posted[0].get("data")
+            assert int(posted[0]["retry"]) > 0
+            assert results(posted, 2) == []
+            resume = {**session, "Accept": "text/event-stream", "last-event-id": posted[-1]["id"]}
+            async with http.stream("GET", fed.url, headers=resume) as response:
+                assert response.status_code == 200
+                resumed: list[dict[str, Any]] = []
+                event: dict[str, str] = {}
+                async for line in response.aiter_lines():
+                    if line:
+                        field, _, value = line.partition(":")
+                        event[field] = value.removeprefix(" ")
+                        continue
+                    if event.get("data"):
+                        resumed.append(json.loads(event["data"]))
+                    event = {}
+                    if any(b.get("id") == 2 for b in resumed):
+                        break
+            assert [b["result"]["content"][0]["text"] for b in resumed if b.get("id") == 2] == ["slept 1.5"]
+        # The SDK client resumes by itself: a caller only sees the answer.
+        async with Client(fed.url, mode="legacy") as client:
+            result = await client.call_tool("probe_sleep", {"seconds": 1.2})
+            assert result.content[0].text == "slept 1.2"  # type: ignore[union-attr]
+            quick = await client.call_tool("probe_pid", {})  # shorter than the poll time: never closed
+            assert not quick.is_error
