@@ -91,7 +91,7 @@ class Federation:
                 sock = bind("127.0.0.1", 0)
                 await edge.view.wait_until(lambda table: table.servers.keys() >= self.edge_servers())
                 task_status.started(f"http://127.0.0.1:{sock.getsockname()[1]}/mcp")
-                await serve_http(edge, sock, stop=stop)
+                await serve_http(edge, sock, stop=stop, anonymous=True)
 
         url: str = await self.tg.start(run)
         return url
@@ -135,7 +135,7 @@ async def federation(
             fed.edge = edge
             sock = bind("127.0.0.1", 0)
             fed.url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
-            edge_tg.start_soon(lambda: serve_http(edge, sock, stop=stop, max_body_bytes=max_body_bytes))
+            edge_tg.start_soon(lambda: serve_http(edge, sock, stop=stop, max_body_bytes=max_body_bytes, anonymous=True))
             try:
                 yield fed
             finally:

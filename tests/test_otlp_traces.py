@@ -62,7 +62,7 @@ async def test_one_trace_per_call_across_real_processes(
         for args, log in (
             ([*cli, "manager", *nats], "manager.log"),
             ([*cli, "adapter", *nats, "--name", "probe", "--server-json", server_json], "adapter.log"),
-            ([*cli, "edge", *nats, "--port", str(port), "--request-timeout", "1"], "edge.log"),
+            ([*cli, "edge", *nats, "--anonymous", "--port", str(port), "--request-timeout", "1"], "edge.log"),
         ):
             procs.append(start(args, env, tmp_path / log))
         url = f"http://127.0.0.1:{port}/mcp"

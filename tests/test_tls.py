@@ -239,7 +239,7 @@ async def test_tls_everywhere_call_crosses_a_mutual_tls_gateway(certs: Path, reg
             env = {**os.environ, **role_env(certs, "manager")}
             procs.append(Proc(fedmcp("manager", "--nats-url", east, *js), tmp_path / "manager.log", env=env))
             edge = fedmcp(
-                *("edge", "--nats-url", east, *js, "--port", str(edge_port)),
+                *("edge", "--nats-url", east, *js, "--anonymous", "--port", str(edge_port)),
                 *("--tls-cert", str(server), "--tls-key", str(certs / "server-key.pem")),
                 *("--tls-client-ca", str(certs / "ca.pem")),
             )

@@ -100,6 +100,7 @@ def federation_toml(mock_url: str, data_dir: Path, edge_port: int, era: str | No
         "[edge]",
         'host = "127.0.0.1"',
         f"port = {edge_port}",
+        "anonymous = true",
         f"[servers.{SERVER}]",
         f"url = {json.dumps(mock_url)}",
         'prefix = ""',

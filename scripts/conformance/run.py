@@ -215,6 +215,7 @@ def federation_toml(
         "[edge]",
         'host = "127.0.0.1"',
         f"port = {edge_port}",
+        "anonymous = true",
     ]
     if sse_poll_after is not None:  # only written when asked: older checkouts reject unknown fields
         lines.append(f"sse_poll_after = {sse_poll_after}")

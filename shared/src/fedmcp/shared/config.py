@@ -44,6 +44,22 @@ class BackingServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError(f"server {name!r}: give exactly one of 'command' or 'url'")
 
 
+class EdgeAuth(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The edge as an OAuth 2.1 resource server (edge/auth.py); `[edge.auth]` in fedmcp.toml."""
+
+    resource: str
+    """This resource's canonical URI, the audience its tokens must carry (https://mcp.example.com/mcp)."""
+    authorization_servers: list[str] = msgspec.field(default_factory=list)
+    issuer: str | None = None
+    """The issuer tokens must name (default: none checked)."""
+    jwks_file: str | None = None
+    jwks_url: str | None = None
+    required_scopes: list[str] = msgspec.field(default_factory=list)
+    api_keys_file: str | None = None
+    """JSON `{"keys": [{"sha256": …, "principal": …, "scopes": [...]}]}`: only hashes are stored."""
+    algorithms: list[str] = msgspec.field(default_factory=lambda: ["RS256", "ES256", "EdDSA", "PS256"])
+
+
 class EdgeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8765
@@ -54,6 +70,10 @@ class EdgeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     sse_poll_after: float | None = None
     """SEP-1699 polling for handshake-era HTTP clients: close a call's POST stream after this many
     seconds (with a retry hint); the client resumes it with Last-Event-ID. None: never."""
+    anonymous: bool = False
+    """Serve callers without credentials (as principal "anonymous"): only when no `auth` is set, and
+    only on a loopback address."""
+    auth: EdgeAuth | None = None
     tls_cert: str | None = None
     """PEM certificate (chain) for HTTPS; with it the edge serves only HTTPS. Paths are relative
     to the working directory."""

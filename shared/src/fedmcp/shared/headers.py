@@ -35,6 +35,8 @@ adapter that takes the request pulls the pieces from the request's reply subject
 CHUNK_INDEX = "Fedmcp-Chunk-Index"
 """On a `pull` frame: which piece of the upload is wanted."""
 REPLY_TO = "Fedmcp-Reply-To"
+IDENTITY = "Fedmcp-Identity"
+"""The caller, as an edge-signed assertion for the target server (shared/identity.py)."""
 """On an answer to a server-to-client request: where the rest of the call's frames go now
 (a client's retry may reach another edge than the one that asked)."""
 

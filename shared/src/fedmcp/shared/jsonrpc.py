@@ -37,6 +37,12 @@ OVERLOADED = -32014
 """Every replica was busy for the bounded wait."""
 PAYLOAD_TOO_LARGE = -32015
 """A request or result is larger than the federation's configured payload limit."""
+CONSENT_REQUIRED = -32016
+"""The tool needs the user's consent and the client can be asked neither by form nor by URL."""
+CONSENT_DECLINED = -32017
+"""The user declined (or did not give in time) consent for the tool."""
+UNAUTHORIZED = -32018
+"""An adapter refused the request: no valid identity assertion for its server."""
 
 RequestId = int | str
 

@@ -21,6 +21,15 @@ RETRIES = Counter(
     ["server", "reason"],
 )
 
+CONSENT_DECISIONS = Counter(
+    "fedmcp_consent_decisions_total", "Consent answers at the edge: granted or declined.", ["server", "decision"]
+)
+AUTH_DENIED = Counter(
+    "fedmcp_auth_denied_total",
+    "Requests refused at the edge or an adapter, by status or reason.",
+    ["service", "reason"],
+)
+
 # -- adapter ----------------------------------------------------------------------
 CLIENT_DURATION = Histogram(
     "mcp_client_operation_duration_seconds",

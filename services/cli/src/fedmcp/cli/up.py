@@ -15,6 +15,7 @@ import anyio
 import click
 import structlog
 from fedmcp.adapter.service import Adapter
+from fedmcp.edge.auth import Authenticator
 from fedmcp.edge.http import endpoint, serve_http
 from fedmcp.edge.runtime import edge_runtime
 from fedmcp.manager.main import run_manager
@@ -91,8 +92,16 @@ async def run_up(config: Config, *, nats_url: str | None, ready_timeout: float =
                 url = endpoint(sock, config.edge.path, tls=ssl is not None)
                 click.echo(f"fedmcp is up: MCP endpoint {url}  (NATS {nats_url})")
                 click.echo(f"servers: {', '.join(sorted(edge.view.table.servers)) or 'none'}; Ctrl-C stops.")
+                auth = config.edge.auth
                 await serve_http(
-                    edge, sock, stop=stop, path=config.edge.path, max_body_bytes=config.edge.max_body_bytes, ssl=ssl
+                    edge,
+                    sock,
+                    stop=stop,
+                    path=config.edge.path,
+                    max_body_bytes=config.edge.max_body_bytes,
+                    ssl=ssl,
+                    authenticator=Authenticator(auth) if auth is not None else None,
+                    anonymous=config.edge.anonymous,
                 )
             for adapter in adapters:
                 adapter.stop()

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
+from functools import partial
 from ssl import SSLContext
 
 import anyio
+from fedmcp.edge.auth import LOOPBACK, Authenticator, AuthGate, report_denied
+from fedmcp.edge.consent_page import consent_routes
+from fedmcp.edge.consent_page import link as consent_link
 from fedmcp.edge.event_store import MemoryEventStore
 from fedmcp.edge.guard import JsonRpcGuard, RequestGuard, sdk_security, transport_security
 from fedmcp.edge.legacy_sse import MESSAGES_PATH, SSE_PATH, legacy_sse_routes
@@ -28,9 +32,17 @@ def build_app(
     max_body_bytes: int = chunks.DEFAULT_LIMIT,
     allowed_hosts: Sequence[str] = (),
     allowed_origins: Sequence[str] = (),
+    authenticator: Authenticator | None = None,
+    anonymous: bool = False,
+    public_url: str = "",
 ) -> Starlette:
     """`allowed_hosts` / `allowed_origins`: the Host and Origin headers taken on the MCP paths (empty: the
-    defaults of `guard.transport_security` for the address bound, `host`)."""
+    defaults of `guard.transport_security` for the address bound, `host`). Callers authenticate with
+    `authenticator`; without one, `anonymous` must be asked for and the listener must be loopback."""
+    if authenticator is None and not (anonymous and host in LOOPBACK):
+        raise ValueError(
+            "no authentication configured: anonymous access must be enabled explicitly and needs a loopback address"
+        )
 
     def readiness() -> dict[str, bool]:
         return {"nats": bool(edge.nc.is_connected), "catalog_loaded": edge.view.loaded.is_set()}
@@ -48,7 +60,18 @@ def build_app(
         custom_starlette_routes=[
             *ops_routes(readiness),
             *legacy_sse_routes(edge.federated, security=security, max_body_bytes=max_body_bytes),
+            *(authenticator.routes(path) if authenticator is not None else []),
+            *consent_routes(edge.federated),
         ],
+    )
+    governance = edge.federated.governance
+    if public_url:
+        governance.consent_page = partial(consent_link, edge.federated, public_url)
+    app.add_middleware(
+        AuthGate,
+        authenticator=authenticator,
+        step_up=governance.step_up(lambda: edge.view.table) if authenticator is not None else None,
+        on_denied=partial(report_denied, governance),
     )
     app.add_middleware(JsonRpcGuard, path=path, max_body_bytes=max_body_bytes)
     app.add_middleware(RequestGuard, paths=[path, SSE_PATH, MESSAGES_PATH], security=checks)
@@ -66,6 +89,8 @@ async def serve_http(
     ssl: SSLContext | None = None,
     allowed_hosts: Sequence[str] = (),
     allowed_origins: Sequence[str] = (),
+    authenticator: Authenticator | None = None,
+    anonymous: bool = False,
 ) -> None:
     """Serve MCP on `sock` until `stop`: HTTPS with `ssl` (fedmcp.shared.tls.server_context), else HTTP."""
     app = build_app(
@@ -75,6 +100,9 @@ async def serve_http(
         max_body_bytes=max_body_bytes,
         allowed_hosts=allowed_hosts,
         allowed_origins=allowed_origins,
+        authenticator=authenticator,
+        anonymous=anonymous,
+        public_url=endpoint(sock, "", tls=ssl is not None),
     )
     await serve_asgi(app, sock, stop=stop, ssl=ssl)
 

@@ -9,10 +9,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
+from fedmcp.edge.auth import ANONYMOUS
 from fedmcp.edge.catalog import CatalogView
+from fedmcp.edge.governance import Governance
 from fedmcp.edge.server import FederatedServer
 from fedmcp.edge.upstream import Upstream
-from fedmcp.shared import buckets, bus
+from fedmcp.shared import buckets, bus, identity
+from fedmcp.shared.audit import Audit
+from fedmcp.shared.grants import GrantStore
+from fedmcp.shared.identity import Signer
+from fedmcp.shared.policy import PolicyStore, Principal
 from fedmcp.shared.subjects import DEFAULT_PREFIX, Subjects
 from nats.aio.client import Client as NATS
 
@@ -41,15 +47,38 @@ async def edge_runtime(
     edge_id: str | None = None,
     region: buckets.Region = buckets.LOCAL,
     sse_poll_after: float | None = None,
+    local_principal: Principal = ANONYMOUS,
+    identity_key: str | None = None,
+    regions: str | None = None,
 ) -> AsyncIterator[Edge]:
+    """`identity_key`: the Ed25519 key (PEM file) that signs callers' identities for adapters (default
+    `FEDMCP_IDENTITY_KEY`); `regions`: every region whose consent grants this edge honours
+    (default `FEDMCP_REGIONS`, else only its own)."""
     subjects = Subjects(prefix)
     edge_id = edge_id or new_edge_id()
     nc = await bus.connect(nats_url, name=edge_id)
     try:
-        # The region's managers create it; an edge only binds (and waits for a manager to start).
-        kv = await buckets.open_bucket(
-            nc.jetstream(timeout=5), subjects, buckets.CATALOGS, region, create=False, patience=120
+        js = nc.jetstream(timeout=5)
+        # The region's managers create these; an edge only binds (and waits for a manager to start).
+        kv = await buckets.open_bucket(js, subjects, buckets.CATALOGS, region, create=False, patience=120)
+        key_file = identity_key or os.environ.get("FEDMCP_IDENTITY_KEY")
+        governance = Governance(
+            policy=await PolicyStore.open(js, subjects, region, create=False, patience=120),
+            grants=await GrantStore.open(
+                js,
+                subjects,
+                region,
+                regions or os.environ.get("FEDMCP_REGIONS"),
+                create=False,
+                patience=120,
+                edge=edge_id,
+            ),
+            signer=Signer(identity.load_private_key(key_file), issuer=edge_id) if key_file else None,
+            audit=Audit(nc, subjects, region, edge=edge_id, create=False),
+            edge=edge_id,
         )
+        assert governance.audit is not None
+        await governance.audit.start()
         view = CatalogView(kv)
         upstream = Upstream(
             nc,
@@ -60,10 +89,15 @@ async def edge_runtime(
             overload_wait=overload_wait,
         )
         await upstream.start()
-        federated = FederatedServer(view, upstream, sse_poll_after=sse_poll_after)
+        federated = FederatedServer(
+            view, upstream, sse_poll_after=sse_poll_after, governance=governance, local_principal=local_principal
+        )
         await federated.subscriptions.start(subjects)
         async with anyio.create_task_group() as tg:
             await tg.start(view.run)
+            assert governance.policy is not None and governance.grants is not None
+            await tg.start(governance.policy.run)
+            await tg.start(governance.grants.run)
             with anyio.fail_after(10):
                 await view.loaded.wait()
             yield Edge(nc, view, upstream, federated, edge_id)

@@ -18,8 +18,10 @@ from typing import Any
 import anyio
 import mcp_types as types
 import structlog
+from fedmcp.edge.auth import ANONYMOUS, principal_of
 from fedmcp.edge.catalog import CatalogView
 from fedmcp.edge.clients import LegacyClients
+from fedmcp.edge.governance import Governance, approved, consent_form
 from fedmcp.edge.pagination import page
 from fedmcp.edge.request_state import SEALED_PREFIX, InvalidState, Sealer
 from fedmcp.edge.spans import SessionAttributes
@@ -27,6 +29,8 @@ from fedmcp.edge.subscriptions import EdgeSubscriptions, ListenWithResources
 from fedmcp.edge.upstream import Upstream
 from fedmcp.shared import jsonrpc, metrics
 from fedmcp.shared.envelopes import Freshness
+from fedmcp.shared.policy import Kind, Principal
+from fedmcp.shared.routing import Route
 from mcp.server import Server, ServerRequestContext
 from mcp.server.caching import CacheHint
 from mcp.server.lowlevel.server import NotificationOptions
@@ -52,8 +56,7 @@ INPUT_REQUIRED = "input_required"
 INPUT_KEY = "fedmcp"
 MAX_INPUT_ROUNDS = 10
 MISSING_CAPABILITY = -32021
-ANONYMOUS = "anonymous"
-"""The principal until the edge authenticates callers; sealed state is bound to it."""
+CONSENT_KEY = "fedmcp.consent"
 """Envelope keys are minted per hop: the adapter's SDK client writes its own."""
 
 Params = dict[str, Any]
@@ -138,8 +141,13 @@ class FederatedServer:
         name: str = "fedmcp",
         sealer: Sealer | None = None,
         sse_poll_after: float | None = None,
+        governance: Governance | None = None,
+        local_principal: Principal = ANONYMOUS,
     ) -> None:
         self.view = view
+        self.governance = governance or Governance()
+        self.local_principal = local_principal
+        """Who a stdio client is (the HTTP gate puts the authenticated principal in each request)."""
         self.sse_poll_after = sse_poll_after
         """SEP-1699 polling: seconds after which a handshake-era call's POST stream is closed
         (with a retry hint) while the call goes on; None never closes it."""
@@ -186,6 +194,9 @@ class FederatedServer:
     def initialization_options(self) -> InitializationOptions:
         return self.server.create_initialization_options(NotificationOptions(True, True, True))
 
+    def principal(self, ctx: ServerRequestContext[Any, Any]) -> Principal:
+        return principal_of(ctx.request, self.local_principal)
+
     # -- list_changed fan-out -------------------------------------------------
     def _remember(self, ctx: ServerRequestContext[Any, Any]) -> None:
         """Keep a handle on handshake-era connections so list changes can reach them."""
@@ -209,8 +220,18 @@ class FederatedServer:
         key: str,
         full: list[Any],
     ) -> Params:
-        """One page of a merged list, from memory, with the list's caching hints for 2026-07-28 clients."""
+        """One page of a merged list, from memory, with the list's caching hints for 2026-07-28 clients;
+        only what the caller's policy lets it see."""
         self._remember(ctx)
+        table = self.view.table
+        kinds: dict[str, tuple[Kind, dict[str, Any], str]] = {
+            "tools": ("tool", table.tools, "name"),
+            "prompts": ("prompt", table.prompts, "name"),
+            "resources": ("resource", table.resources, "uri"),
+        }
+        if key in kinds:
+            kind, routes, field = kinds[key]
+            full = self.governance.filter(self.principal(ctx), kind, full, routes, field)
         items, nxt = page(full, params.cursor if params is not None else None, key)
         result: Params = {key: items}
         if nxt:
@@ -306,7 +327,8 @@ class FederatedServer:
     ) -> Any:
         session = ctx.session
         modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
-        principal = ANONYMOUS
+        caller = self.principal(ctx)
+        principal = caller.id
 
         async def on_notify(note_method: str, note: dict[str, Any]) -> None:
             # Request-scoped: only ever to the client whose request produced it.
@@ -353,6 +375,7 @@ class FederatedServer:
             on_notify=on_notify,
             on_request=on_request,
             capabilities=client_capabilities(ctx),
+            identity=self.governance.assertion(caller, server),
         )
         token = params.get("requestState")
         if modern and isinstance(token, str) and token.startswith(SEALED_PREFIX):
@@ -416,16 +439,60 @@ class FederatedServer:
         route = self.view.table.tool_route(params.name)
         if route is None:
             raise MCPError(code=jsonrpc.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
+        principal = self.principal(ctx)
+        await self.governance.check_call(principal, route, params.name)
         forwarded = forward_params(ctx)
         forwarded["name"] = route.name
         hints = self.view.table.tool_by_name.get(params.name, {}).get("annotations") or {}
+        if self.governance.needs_consent(principal, route, hints):
+            asked = await self._consent(ctx, principal, route, forwarded)
+            if asked is not None:
+                return asked
+            forwarded = {k: v for k, v in forwarded.items() if k not in ("requestState", "inputResponses")}
+        await self.governance.record("allowed", principal, route)
         idempotent = bool(hints.get("readOnlyHint") or hints.get("idempotentHint"))
         return await self._forward(ctx, route.server, "tools/call", forwarded, idempotent=idempotent)
+
+    async def _consent(
+        self, ctx: ServerRequestContext[Any, Any], principal: Principal, route: Route, params: Params
+    ) -> Any:
+        """Get the user's consent: handshake-era clients are asked on the spot; a 2026-07-28 client
+        gets an input_required result, and its retry (on any edge) carries the answer. Returns the
+        result to send instead of calling, or None when consent was given."""
+        governance = self.governance
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            caps = client_capabilities(ctx)
+            await governance.obtain_consent(principal, route, caps, lambda method, p: self._ask_client(ctx, method, p))
+            return None
+        token = params.get("requestState")
+        if isinstance(token, str) and token.startswith(SEALED_PREFIX):
+            try:
+                state = self.sealer.open(token, principal=principal.id)
+            except InvalidState as exc:
+                raise MCPError(code=jsonrpc.INVALID_PARAMS, message=str(exc)) from None
+            if state.key == CONSENT_KEY and state.server == route.server:
+                answer = (params.get("inputResponses") or {}).get(CONSENT_KEY)
+                await governance.settle(principal, route, approved(answer))
+                return None
+        caps = client_capabilities(ctx)
+        if not isinstance(caps.get("elicitation"), dict):
+            await governance.obtain_consent(principal, route, caps, self._no_back_channel)
+        await governance.record("consent.asked", principal, route, outcome="input_required")
+        return {
+            "resultType": INPUT_REQUIRED,
+            "inputRequests": {
+                CONSENT_KEY: {"method": "elicitation/create", "params": consent_form(route.server, route.name)}
+            },
+            "requestState": self.sealer.new(server=route.server, principal=principal.id, key=CONSENT_KEY),
+        }
+
+    async def _no_back_channel(self, method: str, params: dict[str, Any]) -> Any:
+        raise MCPError(code=MISSING_CAPABILITY, message=f"the client cannot take {method}")
 
     async def get_prompt(self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams) -> Any:
         self._remember(ctx)
         route = self.view.table.prompt_route(params.name)
-        if route is None:
+        if route is None or not self.governance.visible(self.principal(ctx), "prompt", route):
             raise MCPError(code=jsonrpc.INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
         forwarded = forward_params(ctx)
         forwarded["name"] = route.name
@@ -435,7 +502,7 @@ class FederatedServer:
         self._remember(ctx)
         uri = str(params.uri)
         route = self.view.table.route_uri(uri)
-        if route is None:
+        if route is None or not self.governance.visible(self.principal(ctx), "resource", route):
             raise resource_not_found(ctx, uri)
         return await self._forward(ctx, route.server, "resources/read", forward_params(ctx), idempotent=True)
 

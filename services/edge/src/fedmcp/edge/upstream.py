@@ -184,6 +184,7 @@ class Upstream:
         on_request: OnRequest | None = None,
         capabilities: dict[str, Any] | None = None,
         idempotent: bool = False,
+        identity: str | None = None,
     ) -> Any:
         """Send one request to `server` and return the decoded `result`; raise MCPError otherwise.
 
@@ -192,6 +193,8 @@ class Upstream:
         so a call never runs twice because of the gateway."""
         timeout = self.request_timeout if timeout is None else timeout
         hdrs = headers.base({headers.DEADLINE: headers.deadline_in(timeout), headers.FRONT_VERSION: front_version})
+        if identity is not None:
+            hdrs[headers.IDENTITY] = identity
         if capabilities is not None:
             hdrs[headers.CLIENT_CAPABILITIES] = msgspec.json.encode(capabilities).decode()
         if log_level is not None and on_notify is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import partial
 
 import anyio
@@ -10,8 +11,11 @@ import structlog
 from fedmcp.manager import lease
 from fedmcp.manager.registry import Registry
 from fedmcp.shared import buckets, bus, discovery, logs, runner, telemetry
+from fedmcp.shared.audit import Audit
+from fedmcp.shared.grants import GrantStore
 from fedmcp.shared.ops_http import bind, serve_ops
 from fedmcp.shared.options import region_options
+from fedmcp.shared.policy import PolicyStore
 from fedmcp.shared.signals import stop_on_signals
 from fedmcp.shared.subjects import DEFAULT_PREFIX, Subjects
 
@@ -50,6 +54,10 @@ async def run_manager(
         registry.leader = False  # until the lease says otherwise
         await registry.load()
         leases = await buckets.open_bucket(js, subjects, buckets.LEASES, region)
+        # The region's security state lives where its managers put it; edges only bind to it.
+        await PolicyStore.open(js, subjects, region, create=True)
+        await GrantStore.open(js, subjects, region, os.environ.get("FEDMCP_REGIONS"), create=True)
+        await Audit(nc, subjects, region, create=True).start()
         me = micro.id
 
         async def leadership(leading: bool) -> None:

@@ -20,14 +20,19 @@ import msgspec
 import structlog
 from anyio.abc import TaskGroup
 from fedmcp.adapter.backend import Backend, BackendUnavailable
-from fedmcp.shared import chunks, discovery, envelopes, headers, jsonrpc, metrics, natsguard, telemetry
+from fedmcp.shared import chunks, discovery, envelopes, headers, identity, jsonrpc, metrics, natsguard, telemetry
+from fedmcp.shared.audit import Audit, AuditEvent
 from fedmcp.shared.config import BackingServer
 from fedmcp.shared.envelopes import Announce, Catalog, Heartbeat, Instance, ServerSettings
+from fedmcp.shared.identity import IdentityError, Verifier
 from fedmcp.shared.subjects import Subjects
 from mcp.shared.exceptions import MCPError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+
+TRUSTED_KEYS_ENV = "FEDMCP_TRUSTED_EDGE_KEYS"
+"""Comma-separated PEM files of the edges' identity public keys; set, every request must carry a valid assertion."""
 
 log = structlog.get_logger("fedmcp.adapter")
 
@@ -87,6 +92,7 @@ class Adapter:
         version: str = "0.1.0",
         max_payload_bytes: int = chunks.DEFAULT_LIMIT,
         max_concurrency: int | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.nc = natsguard.harden(nc)  # a malformed header block from any publisher must not deafen it
         self.name = name
@@ -97,6 +103,10 @@ class Adapter:
         self.drain_timeout = drain_timeout
         self.max_payload_bytes = max_payload_bytes
         self.max_concurrency = config.max_concurrency if max_concurrency is None else max_concurrency
+        trusted = os.environ.get(TRUSTED_KEYS_ENV)
+        self.verifier = verifier or (Verifier(identity.load_public_keys(trusted)) if trusted else None)
+        """Checks every request's identity assertion; None (no trusted keys configured) takes any."""
+        self.audit: Audit | None = None
         self.instance = Instance(
             server=name,
             instance=instance_id or new_instance_id(),
@@ -236,6 +246,19 @@ class Adapter:
             # Too late to take: the edge sends it again elsewhere, so taking it could run it twice.
             log.info("dropped request past its accept-by time", server=self.name)
             return
+        if self.verifier is not None:
+            try:
+                self.verifier.verify((msg.headers or {}).get(headers.IDENTITY), self.name)
+            except IdentityError as exc:
+                # Not accepted, so the edge does not send it elsewhere: the caller gets this refusal.
+                metrics.AUTH_DENIED.labels("adapter", "identity").inc()
+                log.warning("request refused", server=self.name, reason=str(exc))
+                if self.audit is not None:
+                    await self.audit.record(
+                        AuditEvent(kind="denied", server=self.name, outcome="identity", reason=str(exc))
+                    )
+                await self._fail(msg, None, jsonrpc.UNAUTHORIZED, f"refused by server {self.name!r}: {exc}")
+                return
         if self._inflight > self.max_concurrency:
             await self._reply(msg.reply, headers.Kind.BUSY)
             return
@@ -372,6 +395,18 @@ class Adapter:
         """Begin a graceful drain; `run` returns when it is done."""
         self._stop.set()
 
+    async def _start_audit(self) -> None:
+        """Refusals are audited once the region's audit stream exists (a manager creates it)."""
+        audit = Audit(
+            self.nc, self.subjects, self.instance.region, edge=self.instance.instance, create=False, patience=120
+        )
+        try:
+            await audit.start()
+        except Exception as exc:
+            log.warning("no audit stream: refusals are logged only", server=self.name, error=repr(exc))
+            return
+        self.audit = audit
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as background:
             backend_closed = anyio.Event()
@@ -381,6 +416,8 @@ class Adapter:
                 backend_closed.set()
 
             background.start_soon(run_backend)
+            if self.verifier is not None:
+                background.start_soon(self._start_audit)
             # In-flight requests live in their own group so that a drain can wait
             # for them while the backing connection is still open.
             async with anyio.create_task_group() as work:
