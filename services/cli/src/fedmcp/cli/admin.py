@@ -248,9 +248,14 @@ def with_grants(f: Callable[..., Any]) -> Callable[..., Any]:
         def grants(what: str, work: Callable[[GrantStore], Awaitable[T]]) -> T:
             async def go() -> T:
                 async with jetstream(nats_url) as js:
-                    store = await GrantStore.open(
-                        js, Subjects(prefix), region, regions, create=False, patience=5, resync_interval=None
-                    )
+                    try:
+                        store = await GrantStore.open(
+                            js, Subjects(prefix), region, regions, create=False, patience=5, resync_interval=None
+                        )
+                    except NotCreatedYet as exc:
+                        raise click.ClickException(
+                            f"region {region.name!r} has no consent grants yet ({exc} does not exist)"
+                        ) from None
                     await store.load(patience=5)
                     return await work(store)
 
