@@ -7,6 +7,7 @@ real Ed25519 identity assertions between edge and adapters, real consent round t
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,13 +19,13 @@ import httpx2
 import jwt
 import mcp_types as types
 import pytest
-from conftest import Federation, demo_server, federation, python_server
+from conftest import SERVERS, Federation, demo_server, federation, python_server
 from cryptography.hazmat.primitives.asymmetric import ec
 from fedmcp.edge.auth import Authenticator, hash_api_key
 from fedmcp.edge.http import serve_http
 from fedmcp.edge.runtime import Edge, edge_runtime
 from fedmcp.shared import audit, headers, identity, jsonrpc
-from fedmcp.shared.config import EdgeAuth
+from fedmcp.shared.config import BackingServer, EdgeAuth
 from fedmcp.shared.grants import GrantStore
 from fedmcp.shared.natsserver import NatsServer
 from fedmcp.shared.ops_http import bind
@@ -60,7 +61,9 @@ class Issuer:
 
 
 @asynccontextmanager
-async def authed_edge(fed: Federation, tmp: Path, issuer: Issuer, key: Path) -> AsyncIterator[tuple[str, Edge]]:
+async def authed_edge(
+    fed: Federation, tmp: Path, issuer: Issuer, key: Path, servers: frozenset[str] = frozenset({"vault", "demo"})
+) -> AsyncIterator[tuple[str, Edge]]:
     """An edge replica that requires auth and signs identities; yields its URL (also its resource URI) and itself."""
     sock = bind("127.0.0.1", 0)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
@@ -78,7 +81,7 @@ async def authed_edge(fed: Federation, tmp: Path, issuer: Issuer, key: Path) -> 
     )
     stop = anyio.Event()
     async with edge_runtime(fed.nats_url, identity_key=str(key)) as edge, anyio.create_task_group() as tg:
-        await edge.view.wait_until(lambda t: {"vault", "demo"} <= set(t.servers))
+        await edge.view.wait_until(lambda t: servers <= set(t.servers))
         tg.start_soon(lambda: serve_http(edge, sock, stop=stop, authenticator=Authenticator(auth)))
         yield url, edge
         stop.set()
@@ -346,3 +349,27 @@ async def _grants(fed: Federation) -> GrantStore:
     store = await GrantStore.open(nc.jetstream(), Subjects(), create=False)
     await store.load()
     return store
+
+
+async def test_front_tokens_never_reach_the_backing_server(nats_server: NatsServer, tmp_path: Path) -> None:
+    """The adapter authenticates to its server with its own credentials; the client's token stays at the edge."""
+    from fedmcp.shared.natsserver import free_port
+    from procs import Proc
+
+    port = free_port()
+    backing = Proc([sys.executable, str(SERVERS / "probe_server.py"), "http", str(port)], tmp_path / "probe.log")
+    try:
+        private, _ = identity.write_key_pair(tmp_path / "keys")
+        issuer = Issuer(tmp_path, "as")
+        async with federation(nats_server.url) as fed:
+            own = {"Authorization": "Bearer adapter-own-credential"}
+            await fed.add_server("probe", BackingServer(url=f"http://127.0.0.1:{port}/mcp", headers=own))
+            async with authed_edge(fed, tmp_path, issuer, private, frozenset({"probe"})) as (url, _):
+                token = issuer.token(url)
+                authorized = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
+                async with authorized, Client(streamable_http_client(url, http_client=authorized)) as client:
+                    seen = await client.call_tool("probe_header", {"name": "authorization"})
+                    assert seen.structured_content == {"result": "Bearer adapter-own-credential"}
+                    assert token not in json.dumps(seen.model_dump())
+    finally:
+        backing.stop()
