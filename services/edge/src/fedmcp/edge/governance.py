@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import msgspec
 import structlog
-from fedmcp.shared import jsonrpc, metrics
+from fedmcp.shared import jsonrpc, metrics, telemetry
 from fedmcp.shared.audit import Audit, AuditEvent
 from fedmcp.shared.grants import GrantStore
 from fedmcp.shared.identity import Signer
@@ -192,6 +192,8 @@ class Governance:
     async def record(
         self, kind: str, principal: Principal, route: Route | None = None, *, outcome: str = "", reason: str = ""
     ) -> None:
+        if kind.startswith("consent.") and route is not None:  # consent prompts show in the call's trace
+            telemetry.event(kind, {"fedmcp.server": route.server, "gen_ai.tool.name": route.name, "outcome": outcome})
         if self.audit is None:
             return
         await self.audit.record(
