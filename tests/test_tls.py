@@ -377,7 +377,7 @@ async def test_fedmcp_up_serves_https_from_its_config(certs: Path, procs: list[P
     port = free_port()
     (tmp_path / "fedmcp.toml").write_text(
         f'data_dir = "{tmp_path / "data"}"\n'
-        f'[edge]\nport = {port}\ntls_cert = "{certs / "server.pem"}"\ntls_key = "{certs / "server-key.pem"}"\n'
+        f'[edge]\nanonymous = true\nport = {port}\ntls_cert = "{certs / "server.pem"}"\ntls_key = "{certs / "server-key.pem"}"\n'
         f'[servers.demo]\ncommand = "{sys.executable}"\nargs = ["-m", "fedmcp.demo_server.server"]\n'
     )
     procs.append(Proc(fedmcp("up", "--config", str(tmp_path / "fedmcp.toml")), tmp_path / "up.log", cwd=tmp_path))

@@ -22,8 +22,11 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError, TimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, Placement, StreamConfig
-from nats.js.errors import BucketNotFoundError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, BucketNotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
+
+NO_SUITABLE_PEERS = 10005
+"""JetStream error code while a cluster that should hold a stream is still forming."""
 
 REGISTRY = "registry"
 """key `<server>.<instance>` -> `Instance`; written by the region's leading manager only."""
@@ -91,6 +94,11 @@ async def _patiently(attempt: Callable[[], Awaitable[T]], patience: float) -> T:
             return await attempt()
         except (NoRespondersError, TimeoutError, ServiceUnavailableError, NotCreatedYet):
             if anyio.current_time() > deadline:
+                raise
+            await anyio.sleep(0.25)
+        except BadRequestError as exc:
+            # "No suitable peers for placement": the cluster's servers have not all joined JetStream yet.
+            if exc.err_code != NO_SUITABLE_PEERS or anyio.current_time() > deadline:
                 raise
             await anyio.sleep(0.25)
 
