@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import getpass
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +24,7 @@ import anyio
 import click
 import msgspec
 from fedmcp.shared import bus, logs
+from fedmcp.shared.audit import Audit, AuditEvent
 from fedmcp.shared.buckets import NotCreatedYet, Region
 from fedmcp.shared.grants import Grant, GrantStore
 from fedmcp.shared.options import region_options, regions_option
@@ -67,6 +69,18 @@ def when(ts: float) -> str:
 
 def dumps(doc: object) -> str:
     return json.dumps(doc, indent=2, sort_keys=True)
+
+
+async def record(js: JetStreamContext, prefix: str, region: Region, event: AuditEvent) -> None:
+    """An operator's change is a decision too: audit it (as the operator's login name) and wait for the ack."""
+    audit = Audit(js._nc, Subjects(prefix), region, edge="fedmcp-cli", create=False, patience=5)
+    try:
+        await audit.start()
+    except Exception as exc:  # no audit stream (no manager ran yet): the change stands, say so
+        click.echo(f"warning: not audited ({exc!r})", err=True)
+        return
+    await audit.record(msgspec.structs.replace(event, principal=event.principal or f"operator:{getpass.getuser()}"))
+    await audit.flush()
 
 
 async def stored_policy(js: JetStreamContext, prefix: str, region: Region) -> PolicyStore | None:
@@ -145,6 +159,7 @@ def policy_set(file: Path, nats_url: str, prefix: str, region: Region, revision:
                 new = await store.set(policy, revision=revision)
             except StalePolicy as exc:
                 raise click.ClickException(str(exc)) from None
+            await record(js, prefix, region, AuditEvent(kind="policy.changed", outcome=f"revision {new}"))
             return new, store.current.version
 
     new, version = run("store the policy", region, nats_url, work)
@@ -305,7 +320,10 @@ def consent_revoke(principal: str, server: str, tool: str | None, grants: Any) -
     """Revoke PRINCIPAL's consent for a server (or one tool), in every region that hears of it."""
 
     async def work(store: GrantStore) -> int:
-        return await store.revoke(principal, server, tool, edge="fedmcp-cli")
+        ended = await store.revoke(principal, server, tool, edge="fedmcp-cli")
+        event = AuditEvent(kind="consent.revoked", principal=principal, server=server, tool=tool or "*")
+        await record(store._js, store._subjects.prefix, store.region, event)
+        return ended
 
     ended: int = grants("revoke consent", work)
     target = f"{server}/{tool}" if tool else f"{server} (every tool)"
