@@ -962,3 +962,135 @@ def test_overlay_east_is_region_east() -> None:
     assert objects(directory, "Namespace")[namespace]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == (
         "restricted"
     )
+
+
+# ---- authentication: what the edges check and sign with, what the adapters trust ---------------
+
+DEV_API_KEY = "fmk_-NQQ7pUeMPBIttMrgRcE57n_ZJaGQeq5MuOywfSccHI"
+"""The development API key the READMEs document; the deployments hold only its SHA-256."""
+
+
+def check_auth_wiring(
+    edges: list[tuple[str, dict[str, str], Any]], adapters: list[tuple[str, dict[str, str], Any]], tmp_path: Path
+) -> None:
+    """`edges` and `adapters`: (name, environment, read(path) -> bytes of the file the container sees there).
+
+    Every edge listens beyond loopback, so it must have a valid --auth file whose API keys file is
+    mounted too and takes the documented development key; the edges' identity keys and the
+    adapters' trusted keys must match, or every call would be refused."""
+    import msgspec
+    from fedmcp.edge.auth import Authenticator
+    from fedmcp.shared import identity
+    from fedmcp.shared.config import EdgeAuth
+
+    signing: set[str] = set()
+    for name, env, read in edges:
+        assert "FEDMCP_EDGE_AUTH" in env, f"{name}: an edge beyond loopback refuses to start without --auth"
+        auth = msgspec.toml.decode(read(env["FEDMCP_EDGE_AUTH"]), type=EdgeAuth)
+        assert auth.api_keys_file, f"{name}: no api_keys_file in {env['FEDMCP_EDGE_AUTH']}"
+        keys = tmp_path / f"{name}-api-keys.json"
+        keys.write_bytes(read(auth.api_keys_file))
+        assert DEV_API_KEY.encode() not in keys.read_bytes(), f"{name}: the API keys file holds a key, not its hash"
+        authenticator = Authenticator(msgspec.structs.replace(auth, api_keys_file=str(keys)))
+        assert authenticator.authenticate(f"Bearer {DEV_API_KEY}").id, name
+        if "FEDMCP_IDENTITY_KEY" in env:
+            pem = tmp_path / f"{name}-identity.pem"
+            pem.write_bytes(read(env["FEDMCP_IDENTITY_KEY"]))
+            signing.add(identity.key_id(identity.load_private_key(pem).public_key()))
+        else:
+            signing.add("")  # signs nothing
+    for name, env, read in adapters:
+        if "FEDMCP_TRUSTED_EDGE_KEYS" not in env:
+            continue
+        paths = []
+        for i, item in enumerate(p.strip() for p in env["FEDMCP_TRUSTED_EDGE_KEYS"].split(",") if p.strip()):
+            path = tmp_path / f"{name}-trusted-{i}.pem"
+            path.write_bytes(read(item))
+            paths.append(str(path))
+        trusted = set(identity.load_public_keys(",".join(paths)))
+        assert signing <= trusted, f"{name} refuses calls from edges whose identity key it does not trust"
+    for readme in (COMPOSE_DIR / "README.md", K8S / "README.md"):
+        assert DEV_API_KEY in readme.read_text(), f"{readme}: document the development API key"
+
+
+def compose_file_reader(service: dict[str, Any]) -> Any:
+    """read(path): a file a compose service sees through a config or a secret."""
+
+    def read(path: str) -> bytes:
+        for entry in service.get("secrets", []):
+            target = str(entry["target"] if isinstance(entry, dict) else entry)
+            source = str(entry["source"] if isinstance(entry, dict) else entry)
+            if path == (target if target.startswith("/") else f"/run/secrets/{target}"):
+                return (COMPOSE_DIR / str(compose()["secrets"][source]["file"])).read_bytes()
+        return compose_config_file(service, path).read_bytes()
+
+    return read
+
+
+def test_compose_edges_authenticate_and_adapters_trust_their_identity_key(tmp_path: Path) -> None:
+    edges, adapters = [], []
+    for name, (role, svc) in compose_fedmcp().items():
+        entry = (name, {k: str(v) for k, v in svc["environment"].items()}, compose_file_reader(svc))
+        if role == "edge":
+            assert "--anonymous" not in svc["command"], f"{name}: --anonymous is for loopback only"
+            edges.append(entry)
+        elif role == "adapter":
+            adapters.append(entry)
+    assert edges and adapters
+    check_auth_wiring(edges, adapters, tmp_path)
+
+
+def k8s_file_reader(directory: Path, pod: dict[str, Any], container: dict[str, Any]) -> Any:
+    """read(path): a file a container sees through a ConfigMap, Secret or projected volume."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+
+    def source_data(source: dict[str, Any], kind: str) -> dict[str, bytes]:
+        if kind == "configMap":
+            data = objects(directory, "ConfigMap")[source["name"]]["data"]
+            found = {k: v.encode() for k, v in data.items()}
+        else:
+            data = objects(directory, "Secret")[str(source.get("secretName") or source["name"])]["data"]
+            found = {k: base64.b64decode(v) for k, v in data.items()}
+        if "items" in source:
+            return {item["path"]: found[item["key"]] for item in source["items"]}
+        return found
+
+    def read(path: str) -> bytes:
+        for mount in container.get("volumeMounts", []):
+            prefix = mount["mountPath"].rstrip("/") + "/"
+            if not path.startswith(prefix):
+                continue
+            volume = volumes[mount["name"]]
+            files: dict[str, bytes] = {}
+            if "configMap" in volume:
+                files = source_data(volume["configMap"], "configMap")
+            elif "secret" in volume:
+                files = source_data(volume["secret"], "secret")
+            elif "projected" in volume:
+                for source in volume["projected"]["sources"]:
+                    for kind in ("configMap", "secret"):
+                        if kind in source:
+                            files |= source_data(source[kind], kind)
+            relative = path[len(prefix) :]
+            assert relative in files, f"{container['name']}: {path} is not in volume {mount['name']}"
+            return files[relative]
+        raise AssertionError(f"{container['name']}: nothing mounted at {path}")
+
+    return read
+
+
+def test_k8s_edges_authenticate_and_adapters_trust_their_identity_key(tmp_path: Path) -> None:
+    for directory in kustomizations():
+        edges, adapters = [], []
+        for name, role, pod, container in fedmcp_containers(directory):
+            env = {e["name"]: env_value(directory, e) or "" for e in container.get("env", [])}
+            entry = (name, env, k8s_file_reader(directory, pod, container))
+            if role == "edge":
+                assert "--anonymous" not in container["args"], f"{name}: --anonymous is for loopback only"
+                edges.append(entry)
+            elif role == "adapter":
+                adapters.append(entry)
+        assert edges and adapters, directory
+        out = tmp_path / directory.name
+        out.mkdir()
+        check_auth_wiring(edges, adapters, out)

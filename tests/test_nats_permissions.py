@@ -271,3 +271,113 @@ async def test_the_ops_user_only_reads(secured: Secured) -> None:
         )
         await nc.subscribe("fedmcp.>")
         assert await refused(errors) == 'nats: permissions violation for subscription to "fedmcp.>"'
+
+
+async def test_edges_record_grants_and_audit_events_that_managers_set_up(secured: Secured) -> None:
+    """The security state: the manager creates the policy and grants buckets, the grant view and the
+    audit stream; an edge reads and watches the policy, records grants and its own decisions; an
+    adapter records refusals only."""
+    from fedmcp.shared.audit import Audit, AuditEvent
+    from fedmcp.shared.grants import GrantStore
+    from fedmcp.shared.policy import Policy, PolicyStore
+
+    subjects = Subjects()
+    region = buckets.LOCAL
+    policy_bucket = subjects.bucket(buckets.POLICY, region.name)
+    grants_bucket = subjects.bucket(buckets.GRANTS, region.name)
+    audit_stream = subjects.audit_stream(region.name)
+
+    def audit_failures() -> float:
+        return sum(s.value for m in metrics.AUDIT_FAILURES.collect() for s in m.samples if s.name.endswith("_total"))
+
+    failures_before = audit_failures()
+    async with connected(secured, "manager") as (nc, errors):
+        js = nc.jetstream(timeout=5)
+        await PolicyStore.open(js, subjects, region, create=True)
+        await GrantStore.open(js, subjects, region, create=True)
+        await Audit(nc, subjects, region, create=True).start()
+        # A region configured later is added to the grant view's sources.
+        await GrantStore.open(js, subjects, region, "east", create=True)
+        view = await js.stream_info(f"KV_{subjects.bucket(buckets.GRANTVIEW, region.name)}")
+        assert sorted(src.name for src in view.config.sources or []) == ["KV_fedmcp_grants_east", f"KV_{grants_bucket}"]
+        await accepted(nc, errors)
+        # It creates them, but writes no grant and no policy.
+        await nc.publish(f"$KV.{grants_bucket}.forged", b"{}")
+        assert await refused(errors) == f'nats: permissions violation for publish to "$kv.{grants_bucket}.forged"'
+        await nc.publish(f"$KV.{policy_bucket}.current", b"{}")
+        assert await refused(errors) == f'nats: permissions violation for publish to "$kv.{policy_bucket}.current"'
+
+    async with (
+        connected(secured, "edge") as (nc, errors),
+        connected(secured, "edge") as (other, other_errors),
+        connected(secured, "fedmcp") as (admin, _),
+        anyio.create_task_group() as tg,
+    ):
+        js = nc.jetstream(timeout=5)
+        policy = await PolicyStore.open(js, subjects, region, create=False, patience=5)
+        store = await GrantStore.open(js, subjects, region, create=False, patience=5, edge="e1")
+        await tg.start(policy.run)
+        await tg.start(store.run)
+        # A second edge sees the first one's grant through the view (watch or catch-up).
+        seen = await GrantStore.open(other.jetstream(timeout=5), subjects, region, create=False, patience=5)
+        await tg.start(seen.run)
+        await store.grant("alice", "time", "get_current_time")
+        with anyio.fail_after(10):
+            await seen.wait_until(lambda s: s.has("alice", "time", "get_current_time"))
+        # An operator's policy change reaches the edge's watch.
+        operator = await PolicyStore.open(admin.jetstream(timeout=5), subjects, region, create=False)
+        changed = anyio.Event()
+
+        async def on_policy(_: Policy) -> None:
+            changed.set()
+
+        policy.on_change(on_policy)
+        revision = await operator.set(Policy(default="deny"))
+        with anyio.fail_after(10):
+            await changed.wait()
+        assert policy.revision == revision
+        assert policy.current.default == "deny"
+        # The decisions an edge makes go to the audit stream.
+        audit = Audit(nc, subjects, region, edge="e1", create=False, patience=5)
+        await audit.start()
+        for kind in ("allowed", "denied", "consent.asked", "consent.granted", "consent.declined"):
+            await audit.record(AuditEvent(kind=kind, principal="alice", server="time"))
+        assert await audit.flush()
+        await accepted(nc, errors)
+        await accepted(other, other_errors)
+        assert audit_failures() == failures_before
+        # Not the operators' events, nor the policy, nor streams of its own.
+        await nc.publish(subjects.audit(region.name, "policy.changed"), b"{}")
+        assert (
+            await refused(errors)
+            == f'nats: permissions violation for publish to "{subjects.audit(region.name, "policy.changed")}"'
+        )
+        await nc.publish(f"$KV.{policy_bucket}.current", b"{}")
+        assert await refused(errors) == f'nats: permissions violation for publish to "$kv.{policy_bucket}.current"'
+        await nc.publish(f"$JS.API.STREAM.CREATE.KV_{grants_bucket}", b"{}")
+        assert (
+            await refused(errors)
+            == f'nats: permissions violation for publish to "$js.api.stream.create.kv_{grants_bucket}"'
+        )
+        await nc.publish(f"$JS.API.STREAM.DELETE.{audit_stream}", b"")
+        assert (
+            await refused(errors)
+            == f'nats: permissions violation for publish to "$js.api.stream.delete.{audit_stream.lower()}"'
+        )
+        tg.cancel_scope.cancel()
+
+    async with connected(secured, "adapter-time") as (nc, errors):
+        audit = Audit(nc, subjects, region, edge="a1", create=False, patience=5)
+        await audit.start()
+        await audit.record(AuditEvent(kind="denied", server="time", outcome="identity"))
+        assert await audit.flush()
+        await accepted(nc, errors)
+        await nc.publish(subjects.audit(region.name, "allowed"), b"{}")
+        assert (
+            await refused(errors)
+            == f'nats: permissions violation for publish to "{subjects.audit(region.name, "allowed")}"'
+        )
+    async with connected(secured, "fedmcp") as (admin, _):
+        info = await admin.jetstream(timeout=5).stream_info(audit_stream)
+        assert info.state.messages == 6
+    assert audit_failures() == failures_before

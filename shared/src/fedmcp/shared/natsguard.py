@@ -9,6 +9,10 @@ to publish on a subject the service listens on could do that at will.
 
 `harden(nc)` makes such a block read as "no headers": the message is still delivered, and a
 service answers it as it answers any request without the bus headers.
+
+It also mends the same failure from the client's side: a `flush()` that times out or is cancelled
+leaves its cancelled future first in line for the next PONG, whose `set_result` then raises
+InvalidStateError in the read loop, with the same effect.
 """
 
 from __future__ import annotations
@@ -35,6 +39,16 @@ def harden(nc: NATS) -> NATS:
             return None
         return parsed
 
+    async def process_pong() -> None:
+        # nats-py's own, except that a flush which gave up no longer breaks the loop.
+        if nc._pongs:
+            future = nc._pongs.pop(0)
+            if not future.done():
+                future.set_result(True)
+            nc._pongs_received += 1
+            nc._pings_outstanding = 0
+
     process_headers.fedmcp_hardened = True  # type: ignore[attr-defined]
     nc._process_headers = process_headers  # type: ignore[method-assign]
+    nc._process_pong = process_pong  # type: ignore[method-assign]
     return nc

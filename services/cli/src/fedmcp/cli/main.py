@@ -23,6 +23,7 @@ from fedmcp.cli import admin, inspect
 from fedmcp.cli import call as call_mod
 from fedmcp.cli.audit import audit as audit_group
 from fedmcp.cli.certs import certs
+from fedmcp.cli.keys import keys
 from fedmcp.cli.up import run_up
 from fedmcp.edge.main import main as edge_main
 from fedmcp.manager.main import main as manager_main
@@ -44,6 +45,7 @@ cli.add_command(admin.policy_group, "policy")
 cli.add_command(admin.consent_group, "consent")
 cli.add_command(audit_group, "audit")
 cli.add_command(certs, "certs")
+cli.add_command(keys, "keys")
 
 
 @cli.command()

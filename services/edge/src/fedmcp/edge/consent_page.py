@@ -73,7 +73,7 @@ def consent_routes(federated: FederatedServer) -> list[Route]:
         except InvalidState as exc:
             return HTMLResponse(_DONE.format(outcome=html.escape(str(exc))), status_code=400)
         try:
-            await federated.governance.settle(who, route, form.get("action") == "approve")
+            await federated.governance.settle(who, route, form.get("action") == "approve", page=True)
         except MCPError:
             return HTMLResponse(_DONE.format(outcome="Declined"))
         return HTMLResponse(_DONE.format(outcome="Allowed"))

@@ -156,14 +156,27 @@ class Governance:
                 "elicitationId": elicitation_id,
                 "message": f"Approve the tool {route.name!r} of server {route.server!r} in your browser.",
             }
+            asked_at = time.time()
             answer = await ask("elicitation/create", params)
             if not isinstance(answer, dict) or answer.get("action") != "accept":
                 await self.settle(principal, route, False)
+            grants = self.grants
+
+            def answered(g: GrantStore) -> bool:
+                # A grant, or a refusal recorded by the page (on any edge) after the question.
+                return g.has(principal.id, route.server, route.name) or any(
+                    x.revoked and x.revoked_at >= asked_at and x.server == route.server and x.tool == route.name
+                    for x in g.list(principal.id)
+                )
+
             with anyio.move_on_after(CONSENT_WAIT):
-                await self.grants.wait_until(lambda g: g.has(principal.id, route.server, route.name))
-            if not self.grants.has(principal.id, route.server, route.name):
-                await self.record("consent.declined", principal, route, reason="not approved in time")
-                raise MCPError(code=CONSENT_DECLINED, message=f"consent for {route.name!r} was not given in time")
+                await grants.wait_until(answered)
+            if not grants.has(principal.id, route.server, route.name):
+                declined = answered(grants)
+                if not declined:
+                    await self.record("consent.declined", principal, route, reason="not approved in time")
+                why = "was declined" if declined else "was not given in time"
+                raise MCPError(code=CONSENT_DECLINED, message=f"consent for {route.name!r} {why}")
             return
         where = f"; approve it at {page}" if page else ""
         raise MCPError(
@@ -172,12 +185,14 @@ class Governance:
             data={"consentUrl": page} if page else None,
         )
 
-    async def settle(self, principal: Principal, route: Route, yes: bool) -> None:
+    async def settle(self, principal: Principal, route: Route, yes: bool, *, page: bool = False) -> None:
         """Record the user's answer: a grant (every edge honours it), or the end of the call."""
         assert self.grants is not None
         if not yes:
             metrics.CONSENT_DECISIONS.labels(route.server, "declined").inc()
             await self.record("consent.declined", principal, route)
+            if page:  # a URL-mode call may be waiting on another edge: the refusal must reach it
+                await self.grants.revoke(principal.id, route.server, route.name, edge=self.edge)
             raise MCPError(code=CONSENT_DECLINED, message=f"consent for {route.name!r} was declined")
         policy = self.current
         ttl = policy.consent_ttl_seconds if policy is not None else 30 * 86400.0

@@ -138,7 +138,7 @@ async def run_stdio(
     "--identity-key",
     envvar="FEDMCP_IDENTITY_KEY",
     type=click.Path(exists=True, dir_okay=False),
-    help="Ed25519 private key (PEM) that signs callers' identities for adapters (fedmcp certs identity).",
+    help="Ed25519 private key (PEM) that signs callers' identities for adapters (fedmcp keys identity).",
 )
 @click.option("--stdio", is_flag=True, help="Speak MCP on stdin/stdout (for desktop clients) instead of HTTP.")
 def main(

@@ -8,6 +8,7 @@ Flow of one request (see docs/architecture.md):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -203,6 +204,11 @@ class Adapter:
                 log.info("call cancelled by the client", server=self.name)
         except Exception:
             log.exception("request failed", server=self.name)
+            # Still an answer, so that the caller does not wait for its deadline (the log has the details).
+            with anyio.move_on_after(2), contextlib.suppress(Exception):
+                await self._fail(
+                    msg, None, jsonrpc.INTERNAL_ERROR, f"server {self.name!r} could not serve this request"
+                )
         finally:
             if msg.reply:
                 self._scopes.pop(msg.reply, None)
@@ -275,6 +281,10 @@ class Adapter:
             return
         if request.method not in SERVED_METHODS:
             await self._fail(msg, request.id, jsonrpc.METHOD_NOT_FOUND, f"method {request.method!r} is not served")
+            return
+        if "_meta" in (request.params or {}) and not isinstance((request.params or {})["_meta"], dict):
+            # The SDK writes into `_meta` when it sends the request on: anything but an object breaks it.
+            await self._fail(msg, request.id, jsonrpc.INVALID_PARAMS, 'the "_meta" member of params must be an object')
             return
         call = _Call(reply=msg.reply, deadline=anyio.current_time() + left)
         body = await self._forward(request, call, msg.headers or {})
