@@ -34,7 +34,9 @@ async def test_three_separate_processes_both_eras_both_transports(
     )
     adapter_args = ["--name", "demo", "--server-json", server_json, "--http-port", str(adapter_port)]
     procs.append(Proc(fedmcp("adapter", "--nats-url", nats_server.url, *adapter_args), tmp_path / "adapter.log"))
-    procs.append(Proc(fedmcp("edge", "--nats-url", nats_server.url, "--anonymous", "--port", str(port)), tmp_path / "edge.log"))
+    procs.append(
+        Proc(fedmcp("edge", "--nats-url", nats_server.url, "--anonymous", "--port", str(port)), tmp_path / "edge.log")
+    )
     await wait_for_tools(url, {"demo_add"})
     for mode in ("legacy", "2026-07-28"):
         async with Client(url, mode=mode) as client:  # type: ignore[arg-type]

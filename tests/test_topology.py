@@ -134,7 +134,9 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
             procs.append(Proc(manager, work / f"manager-{site.name}.log", env=env))
             port = free_port()
             site.edge_url = f"http://127.0.0.1:{port}/mcp"
-            procs.append(Proc(fedmcp("edge", *args, "--anonymous", "--port", str(port)), work / f"edge-{site.name}.log", env=env))
+            procs.append(
+                Proc(fedmcp("edge", *args, "--anonymous", "--port", str(port)), work / f"edge-{site.name}.log", env=env)
+            )
         topo.start_adapter(sites["east"], "both")
         topo.start_adapter(sites["west"], "both")
         topo.start_adapter(sites["west"], "onlywest")
