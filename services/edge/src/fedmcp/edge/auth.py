@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any
 import jwt
 import msgspec
 import structlog
+from fedmcp.edge.guard import replaying
 from fedmcp.shared import metrics
 from fedmcp.shared.config import EdgeAuth
 from fedmcp.shared.policy import Principal
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from fedmcp.edge.governance import Governance
@@ -248,16 +249,7 @@ class AuthGate:
                 await self.on_denied(denied, scope)
             await self.authenticator.challenge(denied)(scope, receive, send)
             return None
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return replay
+        return replaying(body, receive)
 
 
 def principal_of(request: object, default: Principal) -> Principal:

@@ -205,13 +205,18 @@ class JsonRpcGuard:
                 send, 400, jsonrpc.encode_error(None, jsonrpc.INVALID_REQUEST, f"Invalid Request: {problem}")
             )
             return
-        replayed = False
+        await self.app(scope, replaying(raw, receive), send)
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": raw, "more_body": False}
-            return await receive()
 
-        await self.app(scope, replay, send)
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that yields the already-read `body` once, then whatever the client sends next."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
