@@ -102,6 +102,8 @@ async def run_up(config: Config, *, nats_url: str | None, ready_timeout: float =
                     ssl=ssl,
                     authenticator=Authenticator(auth) if auth is not None else None,
                     anonymous=config.edge.anonymous,
+                    allowed_hosts=config.edge.allowed_hosts,
+                    allowed_origins=config.edge.allowed_origins,
                 )
             for adapter in adapters:
                 adapter.stop()
