@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
+import structlog
 from fedmcp.shared.subjects import Subjects
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError, TimeoutError
@@ -24,6 +25,8 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, Placement, StreamConfig
 from nats.js.errors import BadRequestError, BucketNotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
+
+log = structlog.get_logger("fedmcp.buckets")
 
 NO_SUITABLE_PEERS = 10005
 """JetStream error code while a cluster that should hold a stream is still forming."""
@@ -170,3 +173,25 @@ async def read_all(
             await sub.unsubscribe()
 
     return await _patiently(attempt, patience)
+
+
+async def follow(start: Callable[[], Awaitable[Any]], handle: Callable[[Any], Awaitable[None]], what: str) -> None:
+    """Watch a bucket forever, handing every entry (never the end-of-initial-values marker) to `handle`.
+    Starting a watch needs a JetStream meta leader, which a partition may lack: keep what was read and retry."""
+    while True:
+        try:
+            watcher = await start()
+        except Exception as exc:
+            log.info(f"{what} watch not available yet", error=repr(exc))
+            await anyio.sleep(1)
+            continue
+        try:
+            async for entry in watcher:
+                if entry is not None:
+                    await handle(entry)
+        except Exception as exc:
+            log.warning(f"{what} watch ended", error=repr(exc))
+            await anyio.sleep(1)
+        finally:
+            with anyio.move_on_after(2, shield=True):
+                await watcher.stop()

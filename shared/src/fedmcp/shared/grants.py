@@ -58,7 +58,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import msgspec
@@ -394,26 +394,14 @@ class GrantStore:
                 await sub.unsubscribe()
 
     async def _watch_view(self) -> None:
-        while True:
-            try:
-                watcher = await self._view.watchall()
-            except Exception as exc:  # no JetStream meta leader (partition): the view was read already
-                log.info("grant view watch not available yet", error=repr(exc))
-                await anyio.sleep(1)
-                continue
-            try:
-                async for entry in watcher:
-                    if entry is None or entry.operation in ("DEL", "PURGE") or not entry.value:
-                        continue
-                    origin, _, rest = entry.key.partition(".")
-                    if (grant := self._apply_stored(origin, rest, entry.value)) is not None:
-                        await self._notify(self._merged[grant.target])
-            except Exception as exc:
-                log.warning("grant view watch ended", error=repr(exc))
-                await anyio.sleep(1)
-            finally:
-                with anyio.move_on_after(2, shield=True):
-                    await watcher.stop()  # type: ignore[no-untyped-call]
+        async def handle(entry: Any) -> None:
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                return
+            origin, _, rest = entry.key.partition(".")
+            if (grant := self._apply_stored(origin, rest, entry.value)) is not None:
+                await self._notify(self._merged[grant.target])
+
+        await buckets.follow(self._view.watchall, handle, "grant view")
 
     async def _on_event(self, msg: Msg) -> None:
         if not headers.speaks_our_protocol(msg.headers):

@@ -412,25 +412,12 @@ class PolicyStore:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Watch the key: a `set` anywhere takes effect here within milliseconds."""
         task_status.started()  # `open` has read the policy already
-        while True:
-            try:
-                watcher = await self._kv.watch(KEY)
-            except Exception as exc:  # no JetStream meta leader (partition): keep what we have
-                log.info("policy watch not available yet", error=repr(exc))
-                await anyio.sleep(1)
-                continue
-            try:
-                async for entry in watcher:
-                    if entry is None:
-                        continue
-                    deleted = entry.operation in ("DEL", "PURGE")
-                    await self._apply(None if deleted else entry.value, entry.revision or 0)
-            except Exception as exc:
-                log.warning("policy watch ended", error=repr(exc))
-                await anyio.sleep(1)
-            finally:
-                with anyio.move_on_after(2, shield=True):
-                    await watcher.stop()  # type: ignore[no-untyped-call]
+
+        async def handle(entry: Any) -> None:
+            deleted = entry.operation in ("DEL", "PURGE")
+            await self._apply(None if deleted else entry.value, entry.revision or 0)
+
+        await buckets.follow(lambda: self._kv.watch(KEY), handle, "policy")
 
     async def _apply(self, data: bytes | None, revision: int) -> None:
         if revision and revision <= self.revision:
