@@ -783,31 +783,36 @@ async def test_fuzz_edge_and_adapter(nats_server: NatsServer, caplog: pytest.Log
 async def test_adapter_answers_the_envelopes_that_broke_it(nats_server: NatsServer) -> None:
     """The inputs the fuzzer found, each answered with its JSON-RPC error, the adapter serving on."""
     ping = b'{"jsonrpc":"2.0","id":7,"method":"tools/list"}'
-    bus_1 = headers.base()
-    cases: list[tuple[dict[str, str], bytes, int | None]] = [
-        ({}, ping, jsonrpc.BUS_PROTOCOL_MISMATCH),
-        ({**bus_1, headers.DEADLINE: "1" + "0" * 400}, ping, None),  # beyond a float: treated as absent
-        ({**bus_1, headers.ACCEPT_BY: "9" * 5000}, ping, None),  # beyond int(): treated as absent
-        ({**bus_1, headers.UPLOAD: "9" * 5000}, b"", jsonrpc.INVALID_REQUEST),
-        ({**bus_1, headers.UPLOAD: "\u00b2"}, b"", jsonrpc.INVALID_REQUEST),  # isdigit() but not int()
-        # Nobody sends the pieces: the pull times out at the deadline.
-        ({**bus_1, headers.UPLOAD: "10", headers.DEADLINE: headers.deadline_in(1.5)}, b"", jsonrpc.INVALID_REQUEST),
-        (bus_1, b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"\xff"}}', jsonrpc.INVALID_REQUEST),
-        (
-            bus_1,
-            b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"a":' + b"[" * 100_000,
-            jsonrpc.INVALID_REQUEST,
-        ),
-        (bus_1, b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":[{}]}}', jsonrpc.INVALID_PARAMS),
-        (bus_1, b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":null}}', jsonrpc.INVALID_PARAMS),
-        ({**bus_1, headers.CLIENT_CAPABILITIES: "[" * 5000 + "]" * 5000}, ping, None),
-    ]
+
+    def envelope_cases() -> list[tuple[dict[str, str], bytes, int | None]]:
+        """Built when sent: one case has a deadline 1.5 s ahead."""
+        bus_1 = headers.base()
+        return [
+            ({}, ping, jsonrpc.BUS_PROTOCOL_MISMATCH),
+            ({**bus_1, headers.DEADLINE: "1" + "0" * 400}, ping, None),  # beyond a float: treated as absent
+            ({**bus_1, headers.ACCEPT_BY: "9" * 5000}, ping, None),  # beyond int(): treated as absent
+            ({**bus_1, headers.UPLOAD: "9" * 5000}, b"", jsonrpc.INVALID_REQUEST),
+            ({**bus_1, headers.UPLOAD: "\u00b2"}, b"", jsonrpc.INVALID_REQUEST),  # isdigit() but not int()
+            # Nobody sends the pieces: the pull times out at the deadline.
+            ({**bus_1, headers.UPLOAD: "10", headers.DEADLINE: headers.deadline_in(1.5)}, b"", jsonrpc.INVALID_REQUEST),
+            (bus_1, b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"\xff"}}', jsonrpc.INVALID_REQUEST),
+            (
+                bus_1,
+                b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"a":' + b"[" * 100_000,
+                jsonrpc.INVALID_REQUEST,
+            ),
+            (bus_1, b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":[{}]}}', jsonrpc.INVALID_PARAMS),
+            (bus_1, b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":null}}', jsonrpc.INVALID_PARAMS),
+            ({**bus_1, headers.CLIENT_CAPABILITIES: "[" * 5000 + "]" * 5000}, ping, None),
+        ]
+
     with structlog.testing.capture_logs() as logged:
         async with federation(nats_server.url) as fed:
             adapter = await fed.add_server("demo", demo_server())
             nc = await bus.connect(nats_server.url, name="test-envelopes")
             fed.stack.push_async_callback(nc.close)
             rpc = Subjects().rpc("demo")
+            cases = envelope_cases()
             for hdrs, body, code in cases:
                 inbox = nc.new_inbox()
                 sub = await nc.subscribe(inbox)

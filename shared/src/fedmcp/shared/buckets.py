@@ -11,7 +11,10 @@ no cross-region writes to reconcile.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -47,6 +50,32 @@ GRANTS = "grants"
 GRANTVIEW = "grantview"
 """No writer: a stream that sources every region's grants bucket, key `<origin region>.<grant key>` (grants.py)."""
 
+PINS = "pins"
+"""key `<front session>.<server>` (`pin_key`) -> `envelopes.Pin`: which adapter instance holds a front session's
+backing session of a server with `affinity = "session"`; written by edges, created by the manager."""
+PIN_MAX_AGE = 4 * 3600.0
+"""Seconds a pin lives without being written: longer than an adapter keeps an idle pinned session
+(`session_idle_timeout`, default 2 h), so a pin never vanishes while its backing session lives."""
+PIN_TOUCH_EVERY = 1800.0
+"""A pin in use is written again when its last write is older than this."""
+
+SESSIONS = "sessions"
+"""key `<front session id>` -> `frontsession.SessionRecord`; written by the edge that serves a request of
+the session, watched by every edge of the region (any of them serves any request of the session)."""
+
+
+def pin_key(session: str, server: str) -> str:
+    """The pins bucket's key of front session `session`'s pin for `server` (tokens outside
+    `[A-Za-z0-9_-]` as `=`+base32, as in the grants bucket)."""
+    return f"{_key_token(session)}.{_key_token(server)}"
+
+
+def _key_token(value: str) -> str:
+    if re.match(r"^[A-Za-z0-9_-]{1,64}$", value):
+        return value
+    encoded = base64.b32encode(value.encode()).decode().rstrip("=")
+    return "=" + encoded if len(encoded) <= 100 else "=x" + hashlib.sha256(value.encode()).hexdigest()[:40]
+
 
 @dataclass(frozen=True)
 class Region:
@@ -65,7 +94,7 @@ LOCAL = Region()
 """The default: one region, buckets wherever JetStream puts them."""
 
 
-def _stream_config(bucket: str, history: int, region: Region) -> StreamConfig:
+def _stream_config(bucket: str, history: int, region: Region, max_age: float | None = None) -> StreamConfig:
     # What nats-py's create_key_value builds, plus the placement it ignores (nats-py 2.16).
     return StreamConfig(
         name=f"KV_{bucket}",
@@ -79,6 +108,7 @@ def _stream_config(bucket: str, history: int, region: Region) -> StreamConfig:
         max_consumers=-1,
         max_msgs=-1,
         max_msgs_per_subject=history,
+        max_age=max_age,
         num_replicas=region.replicas,
         placement=Placement(cluster=region.cluster) if region.cluster else None,
     )
@@ -115,9 +145,11 @@ async def open_bucket(
     history: int = 1,
     patience: float = 30.0,
     create: bool = True,
+    max_age: float | None = None,
 ) -> KeyValue:
     """Bind to the region's bucket; create it if needed and `create` (managers), else wait for it
-    (edges and operators, whose NATS users may not create streams)."""
+    (edges and operators, whose NATS users may not create streams). `max_age`: seconds after which
+    an entry that was not written again expires."""
     bucket = subjects.bucket(name, region.name)
 
     async def attempt() -> KeyValue:
@@ -127,7 +159,7 @@ async def open_bucket(
             if not create:
                 raise NotCreatedYet(bucket) from None
             # Two services racing here both succeed: an identical config is accepted.
-            await js.add_stream(_stream_config(bucket, history, region))
+            await js.add_stream(_stream_config(bucket, history, region, max_age))
             return await js.key_value(bucket)
 
     return await _patiently(attempt, patience)

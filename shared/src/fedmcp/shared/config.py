@@ -8,6 +8,8 @@ import msgspec
 from fedmcp.shared import chunks
 from fedmcp.shared.subjects import DEFAULT_PREFIX, check_token
 
+AFFINITIES = frozenset({"none", "session"})
+
 
 class BackingServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """How an adapter reaches one backing MCP server: a stdio command or an HTTP URL."""
@@ -37,11 +39,24 @@ class BackingServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     calls go to the least busy one."""
     max_concurrency: int = 64
     """Calls one adapter runs at once; beyond it the adapter answers busy and the edge tries elsewhere."""
+    affinity: str = "none"
+    """"session": a stateful server; every handshake-era front session gets a backing session of its
+    own (stdio: its own process; HTTP: its own MCP session), pinned to one adapter instance, and loses
+    the front session with it. "none": the adapter's shared sessions serve every client."""
+    max_sessions: int = 256
+    """With affinity "session": pinned sessions one adapter holds at most; beyond it it answers busy."""
+    session_idle_timeout: float = 7200.0
+    """With affinity "session": seconds after which a pinned session without calls is closed (its front
+    session then expires at its next call). Default: as long as an idle front session record lives."""
 
     def check(self, name: str) -> None:
         check_token(name, "server name")
         if (self.command is None) == (self.url is None):
             raise ValueError(f"server {name!r}: give exactly one of 'command' or 'url'")
+        if self.affinity not in AFFINITIES:
+            raise ValueError(f"server {name!r}: affinity must be one of {', '.join(sorted(AFFINITIES))}")
+        if self.max_sessions < 1 or not self.session_idle_timeout > 0:
+            raise ValueError(f"server {name!r}: max_sessions and session_idle_timeout must be positive")
 
 
 class EdgeAuth(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -68,6 +68,9 @@ class ServerSettings(msgspec.Struct, kw_only=True, frozen=True):
 
     prefix: str | None = None
     """Name prefix for tools and prompts; None means the server name, "" means none."""
+    affinity: str = "none"
+    """"session": each handshake-era front session gets a backing session of its own, pinned to one
+    adapter instance (see `Pin`); "none": any replica serves any request."""
 
 
 class Instance(msgspec.Struct, kw_only=True):
@@ -94,6 +97,24 @@ class Announce(msgspec.Struct, kw_only=True):
 
 class Heartbeat(msgspec.Struct, kw_only=True):
     instance: Instance
+
+
+class Pin(msgspec.Struct, kw_only=True):
+    """Value of `buckets.pin_key(session, server)` in the pins bucket: where a front session's own
+    backing session of an `affinity = "session"` server lives. Written by edges only."""
+
+    session: str
+    server: str
+    state: str = "pending"
+    """pending (an edge is opening it: wait) | pinned (`instance` holds it) | expired (its instance or
+    backing session was lost: every later request of the session to the server fails)"""
+    instance: str = ""
+    principal: str = ""
+    """Who the front session belongs to; a request of another principal is refused."""
+    edge: str = ""
+    """The edge that wrote it last."""
+    written: float = 0.0
+    """time.time() of the last write; a pin in use is written again before the bucket's max age."""
 
 
 class CatalogEntry(msgspec.Struct, kw_only=True):

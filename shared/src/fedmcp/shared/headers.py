@@ -20,7 +20,9 @@ DEADLINE = "Fedmcp-Deadline"
 FRONT_VERSION = "Fedmcp-Front-Version"
 """MCP protocol version the client speaks at the edge."""
 SESSION = "Fedmcp-Session"
-"""Edge session id of the client, when it has one."""
+"""The front session a request belongs to, sent only to servers with `affinity = "session"`: the
+adapter serves it on that front session's own backing session (opened by the first request, on
+the queue-group subject; later requests go to the holding instance's pinned subject)."""
 CLIENT_CAPABILITIES = "Fedmcp-Client-Capabilities"
 """The front client's capabilities (JSON): what the backing server may ask of it."""
 LOG_LEVEL = "Fedmcp-Log-Level"
@@ -36,6 +38,9 @@ CHUNK_INDEX = "Fedmcp-Chunk-Index"
 """On a `pull` frame: which piece of the upload is wanted."""
 REPLY_TO = "Fedmcp-Reply-To"
 IDENTITY = "Fedmcp-Identity"
+EVENT_ID = "Fedmcp-Event-Id"
+"""On an adapter's event (a resource update): unique per event, so the edges that all republish it
+into the session feed store it once."""
 """The caller, as an edge-signed assertion for the target server (shared/identity.py)."""
 """On an answer to a server-to-client request: where the rest of the call's frames go now
 (a client's retry may reach another edge than the one that asked)."""
@@ -53,6 +58,9 @@ class Kind:
     CHUNK = "chunk"
     """A piece of the next frame's payload, too large for one NATS message."""
     RESULT = "result"
+    GONE = "gone"
+    """On a pinned subject (or after an accept): this instance does not hold the request's front
+    session (any more); its backing session is gone, so the front session expires."""
 
 
 def deadline_in(seconds: float) -> str:

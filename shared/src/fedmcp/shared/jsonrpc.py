@@ -43,6 +43,9 @@ CONSENT_DECLINED = -32017
 """The user declined (or did not give in time) consent for the tool."""
 UNAUTHORIZED = -32018
 """An adapter refused the request: no valid identity assertion for its server."""
+SESSION_EXPIRED = -32019
+"""The adapter instance (or backing session) holding the front session's own backing session of an
+`affinity = "session"` server was lost: the front session expired; the client re-initializes."""
 
 RequestId = int | str
 

@@ -40,6 +40,11 @@ CLIENT_DURATION = Histogram(
 ADAPTER_INFLIGHT = Gauge("fedmcp_adapter_inflight_requests", "Requests an adapter is serving now.", ["server"])
 BACKING_RESTARTS = Counter("fedmcp_backing_restarts_total", "Restarts of a backing server session.", ["server"])
 POOL_SIZE = Gauge("fedmcp_adapter_pool_size", "Open sessions to the backing server.", ["server"])
+PINNED_SESSIONS = Gauge(
+    "fedmcp_adapter_pinned_sessions",
+    'Backing sessions held for one front session each (affinity = "session"), opening ones included.',
+    ["server"],
+)
 
 # -- manager ----------------------------------------------------------------------
 REGISTRY_INSTANCES = Gauge("fedmcp_registry_instances", "Adapter instances in the registry.", ["server"])

@@ -61,6 +61,11 @@ class Subjects:
         Names the server too, so that NATS permissions can keep each adapter to its own server's pings."""
         return f"{self.prefix}.ctl.ping.{server}.{instance}"
 
+    def session_close(self, server: str, instance: str) -> str:
+        """Ends the backing session an adapter instance holds for a front session (affinity = "session");
+        the payload is the front session id. Answered `1` if the instance held it, `0` if not."""
+        return f"{self.prefix}.ctl.close.{server}.{instance}"
+
     # -- control plane ----------------------------------------------------
     def announce(self, server: str, instance: str) -> str:
         """An adapter's full announcement (instance record and catalog)."""
@@ -111,6 +116,20 @@ class Subjects:
 
     def consent_changed_all(self) -> str:
         return f"{self.prefix}.evt.consent.*"
+
+    # -- front sessions ---------------------------------------------------
+    def feed(self, region: str, kind: str, name: str) -> str:
+        """One event for the handshake-era GET streams of `region`'s sessions: `kind` "list" (`name`
+        the list that changed) or "resource" (`name` the server; the payload is the URI). Every edge
+        of the region publishes each event it sees; the feed stream keeps one copy (`Nats-Msg-Id`)."""
+        return f"{self.prefix}.feed.{check_token(region, 'region')}.{check_token(kind, 'feed kind')}.{check_token(name, 'feed name')}"
+
+    def feed_all(self, region: str) -> str:
+        return f"{self.prefix}.feed.{check_token(region, 'region')}.>"
+
+    def feed_stream(self, region: str) -> str:
+        """The JetStream stream of a region's session feed, replayed for `Last-Event-ID`."""
+        return f"{self.prefix.replace('.', '_')}_FEED_{check_token(region, 'region')}"
 
     # -- audit ------------------------------------------------------------
     def audit(self, region: str, kind: str) -> str:

@@ -46,6 +46,8 @@ class CatalogView:
         self._entries: dict[str, CatalogEntry] = {}
         self._listeners: list[Listener] = []
         self._changed = anyio.Event()
+        self.revision = 0
+        """The catalogs bucket's revision the table reflects: the same on every edge for the same table."""
 
     def on_change(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -64,6 +66,7 @@ class CatalogView:
                     await self._rebuild()
                     self.loaded.set()
                     continue
+                self.revision = max(self.revision, entry.revision or 0)
                 if entry.operation in ("DEL", "PURGE") or not entry.value:
                     self._entries.pop(entry.key, None)
                 else:

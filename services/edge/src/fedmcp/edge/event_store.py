@@ -1,8 +1,10 @@
-"""Resumability for handshake-era SSE streams: event ids and `Last-Event-ID` replay.
+"""Resumability for handshake-era POST streams: event ids and `Last-Event-ID` replay.
 
 In memory and bounded: each edge keeps the most recent events of its own
 streams, so a client that reconnects to the same edge loses nothing that is
-still held. (Across edge replicas a JetStream-backed store is the next step.)
+still held (SEP-1699 polling). A POST stream belongs to the call behind it, which
+lives and dies with its edge; GET streams, which outlive edges, come from the
+session feed instead (feed.py).
 """
 
 from __future__ import annotations

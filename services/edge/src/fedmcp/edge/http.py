@@ -8,17 +8,20 @@ from functools import partial
 from ssl import SSLContext
 
 import anyio
-from fedmcp.edge.auth import LOOPBACK, Authenticator, AuthGate, report_denied
+from fedmcp.edge.auth import LOOPBACK, Authenticator, AuthGate, principal_of, report_denied
 from fedmcp.edge.consent_page import consent_routes
 from fedmcp.edge.consent_page import link as consent_link
 from fedmcp.edge.event_store import MemoryEventStore
 from fedmcp.edge.guard import JsonRpcGuard, RequestGuard, sdk_security, transport_security
 from fedmcp.edge.legacy_sse import MESSAGES_PATH, SSE_PATH, legacy_sse_routes
 from fedmcp.edge.runtime import Edge
+from fedmcp.edge.sessions import FederatedSessionManager
 from fedmcp.edge.tracecontext import TraceContext
 from fedmcp.shared import chunks
 from fedmcp.shared.ops_http import ops_routes, serve_asgi
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from starlette.applications import Starlette
+from starlette.routing import Route
 
 RETRY_MS = 1000
 """SSE `retry` hint for handshake-era clients whose stream was closed for polling."""
@@ -50,19 +53,28 @@ def build_app(
     # DNS-rebinding protection: Host and Origin are checked first by the RequestGuard, then by the SDK.
     checks = transport_security(host, allowed_hosts, allowed_origins)
     security = sdk_security(checks)
-    app = edge.federated.server.streamable_http_app(
-        streamable_http_path=path,
-        host=host,
-        transport_security=security,
+    federated = edge.federated
+    sessions = FederatedSessionManager(
+        federated.server,
+        directory=edge.directory,
+        feed=edge.feed,
+        principal=lambda request: principal_of(request, federated.local_principal).id,
+        closed=federated.session_closed,
+        security_settings=security,
         max_request_body_size=max_body_bytes,
         event_store=MemoryEventStore(),
         retry_interval=RETRY_MS,
-        custom_starlette_routes=[
+    )
+    federated.expire_session = sessions.expire
+    app = Starlette(
+        routes=[
+            Route(path, endpoint=StreamableHTTPASGIApp(sessions)),
             *ops_routes(readiness),
-            *legacy_sse_routes(edge.federated, security=security, max_body_bytes=max_body_bytes),
+            *legacy_sse_routes(federated, security=security, max_body_bytes=max_body_bytes),
             *(authenticator.routes(path) if authenticator is not None else []),
-            *consent_routes(edge.federated),
+            *consent_routes(federated),
         ],
+        lifespan=lambda app: sessions.run(),
     )
     governance = edge.federated.governance
     if public_url:

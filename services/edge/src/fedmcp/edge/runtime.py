@@ -11,10 +11,12 @@ from dataclasses import dataclass
 import anyio
 from fedmcp.edge.auth import ANONYMOUS
 from fedmcp.edge.catalog import CatalogView
+from fedmcp.edge.feed import Feed
 from fedmcp.edge.governance import Governance
 from fedmcp.edge.server import FederatedServer
+from fedmcp.edge.session_directory import SessionDirectory
 from fedmcp.edge.upstream import Upstream
-from fedmcp.shared import buckets, bus, identity
+from fedmcp.shared import buckets, bus, frontsession, identity
 from fedmcp.shared.audit import Audit
 from fedmcp.shared.grants import GrantStore
 from fedmcp.shared.identity import Signer
@@ -30,6 +32,8 @@ class Edge:
     upstream: Upstream
     federated: FederatedServer
     edge_id: str
+    directory: SessionDirectory
+    feed: Feed
 
 
 def new_edge_id() -> str:
@@ -80,6 +84,16 @@ async def edge_runtime(
         assert governance.audit is not None
         await governance.audit.start()
         view = CatalogView(kv)
+        directory = SessionDirectory(await frontsession.open_sessions(js, subjects, region, create=False, patience=120))
+        feed = Feed(
+            js, subjects, region, await frontsession.open_feed(js, subjects, region, create=False, patience=120)
+        )
+
+        async def feed_list_changes(kinds: frozenset[str]) -> None:
+            if view.loaded.is_set():  # not the first load: that is no change to anyone
+                await feed.list_changed(kinds, view.revision)
+
+        view.on_change(feed_list_changes)
         upstream = Upstream(
             nc,
             subjects,
@@ -90,17 +104,31 @@ async def edge_runtime(
         )
         await upstream.start()
         federated = FederatedServer(
-            view, upstream, sse_poll_after=sse_poll_after, governance=governance, local_principal=local_principal
+            view,
+            upstream,
+            sse_poll_after=sse_poll_after,
+            governance=governance,
+            local_principal=local_principal,
+            directory=directory,
         )
+        federated.subscriptions.feed = feed
+        federated.pins.kv = await buckets.open_bucket(js, subjects, buckets.PINS, region, create=False, patience=120)
         await federated.subscriptions.start(subjects)
         async with anyio.create_task_group() as tg:
             await tg.start(view.run)
+            await tg.start(federated.pins.run)
+            await tg.start(directory.run)
+            await tg.start(feed.run)
             assert governance.policy is not None and governance.grants is not None
             await tg.start(governance.policy.run)
             await tg.start(governance.grants.run)
             with anyio.fail_after(10):
                 await view.loaded.wait()
-            yield Edge(nc, view, upstream, federated, edge_id)
+            try:
+                yield Edge(nc, view, upstream, federated, edge_id, directory, feed)
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await federated.release_local_sessions()
             tg.cancel_scope.cancel()
     finally:
         with anyio.move_on_after(5, shield=True):

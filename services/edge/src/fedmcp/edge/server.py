@@ -10,25 +10,30 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
 import anyio
 import mcp_types as types
+import msgspec
 import structlog
 from fedmcp.edge.auth import ANONYMOUS, principal_of
 from fedmcp.edge.catalog import CatalogView
-from fedmcp.edge.clients import LegacyClients
+from fedmcp.edge.clients import DEFAULT_LEVEL, LegacyClients, connection_of
 from fedmcp.edge.governance import Governance, approved, consent_form
 from fedmcp.edge.pagination import page
+from fedmcp.edge.pins import Pins
 from fedmcp.edge.request_state import SEALED_PREFIX, InvalidState, Sealer
+from fedmcp.edge.session_directory import SessionDirectory
+from fedmcp.edge.sessions import SessionRecorder
 from fedmcp.edge.spans import SessionAttributes
 from fedmcp.edge.subscriptions import EdgeSubscriptions, ListenWithResources
 from fedmcp.edge.upstream import Upstream
 from fedmcp.shared import jsonrpc, metrics
 from fedmcp.shared.envelopes import Freshness
+from fedmcp.shared.frontsession import SessionRecord
 from fedmcp.shared.policy import Kind, Principal
 from fedmcp.shared.routing import Route
 from mcp.server import Server, ServerRequestContext
@@ -62,6 +67,15 @@ CONSENT_KEY = "fedmcp.consent"
 Params = dict[str, Any]
 
 NO_CACHE = CacheHint(ttl_ms=0, scope="private")
+
+
+async def _nothing(session_id: str) -> None:
+    return None
+
+
+def _with_subscription(uri: str, subscribed: bool, record: SessionRecord) -> SessionRecord:
+    others = [u for u in record.subscriptions if u != uri]
+    return msgspec.structs.replace(record, subscriptions=[*others, uri] if subscribed else others)
 
 
 def _version() -> str:
@@ -143,8 +157,13 @@ class FederatedServer:
         sse_poll_after: float | None = None,
         governance: Governance | None = None,
         local_principal: Principal = ANONYMOUS,
+        directory: SessionDirectory | None = None,
     ) -> None:
         self.view = view
+        self.directory = directory
+        """The region's handshake-era HTTP sessions (None: sessions live only in this edge's memory)."""
+        self.expire_session: Callable[[str], Awaitable[None]] = _nothing
+        """Ends a front session on every edge (its id then answers 404); set by the HTTP face."""
         self.governance = governance or Governance()
         self.local_principal = local_principal
         """Who a stdio client is (the HTTP gate puts the authenticated principal in each request)."""
@@ -153,6 +172,9 @@ class FederatedServer:
         (with a retry hint) while the call goes on; None never closes it."""
         self.sealer = sealer or Sealer()
         self.upstream = upstream
+        self.pins = Pins(upstream)
+        """Front sessions pinned to the instance holding their own backing session (affinity = "session");
+        the runtime binds it to the region's pins bucket."""
         self.events = InMemorySubscriptionBus()
         self.subscriptions = EdgeSubscriptions(view, upstream, self.events)
         self.legacy_clients = LegacyClients()
@@ -183,6 +205,8 @@ class FederatedServer:
             },
         )
         self.server.middleware.append(SessionAttributes())  # inside the SDK's tracing middleware
+        if directory is not None:
+            self.server.middleware.append(SessionRecorder(directory, lambda r: principal_of(r, local_principal).id))
         view.on_change(self.notify_changed)
 
     def _tool_input_schema(self, name: str) -> dict[str, Any] | None:
@@ -198,9 +222,36 @@ class FederatedServer:
         return principal_of(ctx.request, self.local_principal)
 
     # -- list_changed fan-out -------------------------------------------------
-    def _remember(self, ctx: ServerRequestContext[Any, Any]) -> None:
-        """Keep a handle on handshake-era connections so list changes can reach them."""
-        self.legacy_clients.remember(ctx.session)
+    def shared_session(self, ctx: ServerRequestContext[Any, Any]) -> str | None:
+        """The id of the request's session when every edge shares it (a handshake-era HTTP session with
+        a record in the sessions bucket): its GET stream is fed from the bus, its state from the record."""
+        if self.directory is None or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return None
+        session_id = connection_of(ctx.session).session_id
+        return session_id if session_id is not None and session_id in self.directory.records else None
+
+    async def _remember(self, ctx: ServerRequestContext[Any, Any]) -> None:
+        """Keep a handle on handshake-era connections so list changes can reach them (shared sessions
+        get theirs from the feed, and their record is kept alive)."""
+        session_id = self.shared_session(ctx)
+        if session_id is not None and self.directory is not None:
+            await self.directory.touch(session_id)
+        else:
+            self.legacy_clients.remember(ctx.session)
+
+    async def session_closed(self, session_id: str) -> None:
+        """A front session ended for good (the client's DELETE, or expiry on some edge)."""
+        if self.directory is not None:
+            self.subscriptions.drop_feed_session(session_id)
+        await self.pins.release(session_id, self._affinity_servers())
+
+    def _affinity_servers(self) -> set[str]:
+        return {name for name, entry in self.view.table.servers.items() if entry.settings.affinity == "session"}
+
+    async def release_local_sessions(self) -> None:
+        """This edge stops: its connection-scoped front sessions (stdio, HTTP+SSE) end with it."""
+        for session_id in self.pins.local_sessions:
+            await self.pins.release(session_id, self._affinity_servers())
 
     async def notify_changed(self, kinds: frozenset[str]) -> None:
         events: dict[str, ServerEvent] = {
@@ -213,7 +264,7 @@ class FederatedServer:
         await self.legacy_clients.list_changed(kinds)
 
     # -- lists: from memory -------------------------------------------------
-    def _list(
+    async def _list(
         self,
         ctx: ServerRequestContext[Any, Any],
         params: types.PaginatedRequestParams | None,
@@ -222,7 +273,7 @@ class FederatedServer:
     ) -> Params:
         """One page of a merged list, from memory, with the list's caching hints for 2026-07-28 clients;
         only what the caller's policy lets it see."""
-        self._remember(ctx)
+        await self._remember(ctx)
         table = self.view.table
         kinds: dict[str, tuple[Kind, dict[str, Any], str]] = {
             "tools": ("tool", table.tools, "name"),
@@ -241,22 +292,22 @@ class FederatedServer:
         return _complete(ctx, result)
 
     async def list_tools(self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None) -> Any:
-        return self._list(ctx, params, "tools", self.view.table.tool_list)
+        return await self._list(ctx, params, "tools", self.view.table.tool_list)
 
     async def list_prompts(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> Any:
-        return self._list(ctx, params, "prompts", self.view.table.prompt_list)
+        return await self._list(ctx, params, "prompts", self.view.table.prompt_list)
 
     async def list_resources(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> Any:
-        return self._list(ctx, params, "resources", self.view.table.resource_list)
+        return await self._list(ctx, params, "resources", self.view.table.resource_list)
 
     async def list_resource_templates(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> Any:
-        return self._list(ctx, params, "resourceTemplates", self.view.table.template_list)
+        return await self._list(ctx, params, "resourceTemplates", self.view.table.template_list)
 
     # -- routed requests: over the bus ----------------------------------------
     def _log_level(self, ctx: ServerRequestContext[Any, Any]) -> str | None:
@@ -265,10 +316,17 @@ class FederatedServer:
             meta = (ctx.params or {}).get("_meta")
             level = meta.get(LOG_LEVEL_META_KEY) if isinstance(meta, dict) else None
             return level if isinstance(level, str) else None
+        session_id = self.shared_session(ctx)
+        if session_id is not None and self.directory is not None:
+            return self.directory.records[session_id].log_level or DEFAULT_LEVEL
         return self.legacy_clients.level(ctx.session)
 
     async def set_logging_level(self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> Any:
-        self._remember(ctx)
+        await self._remember(ctx)
+        session_id = self.shared_session(ctx)
+        if session_id is not None and self.directory is not None:
+            level = str(params.level)
+            await self.directory.change(session_id, lambda r: msgspec.structs.replace(r, log_level=level))
         self.legacy_clients.set_level(ctx.session, params.level)
         return {}
 
@@ -377,6 +435,10 @@ class FederatedServer:
             capabilities=client_capabilities(ctx),
             identity=self.governance.assertion(caller, server),
         )
+        front_session = self.pins.front_session(ctx, self.view.table.servers.get(server))
+        if front_session is not None:
+            # A stateful server: this front session's own backing session, on the instance holding it.
+            call = partial(self.pins.request, front_session, server, principal, call, expire=self.expire_session)
         token = params.get("requestState")
         if modern and isinstance(token, str) and token.startswith(SEALED_PREFIX):
             try:
@@ -435,7 +497,7 @@ class FederatedServer:
         return result.root
 
     async def call_tool(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
-        self._remember(ctx)
+        await self._remember(ctx)
         route = self.view.table.tool_route(params.name)
         if route is None:
             raise MCPError(code=jsonrpc.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
@@ -490,7 +552,7 @@ class FederatedServer:
         raise MCPError(code=MISSING_CAPABILITY, message=f"the client cannot take {method}")
 
     async def get_prompt(self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams) -> Any:
-        self._remember(ctx)
+        await self._remember(ctx)
         route = self.view.table.prompt_route(params.name)
         if route is None or not self.governance.visible(self.principal(ctx), "prompt", route):
             raise MCPError(code=jsonrpc.INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
@@ -499,7 +561,7 @@ class FederatedServer:
         return await self._forward(ctx, route.server, "prompts/get", forwarded, idempotent=True)
 
     async def read_resource(self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams) -> Any:
-        self._remember(ctx)
+        await self._remember(ctx)
         uri = str(params.uri)
         route = self.view.table.route_uri(uri)
         if route is None or not self.governance.visible(self.principal(ctx), "resource", route):
@@ -509,23 +571,35 @@ class FederatedServer:
     async def subscribe_resource(
         self, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
     ) -> types.EmptyResult:
-        self._remember(ctx)
-        key = self.subscriptions.key_for(str(params.uri))
+        await self._remember(ctx)
+        uri = str(params.uri)
+        key = self.subscriptions.key_for(uri)
         if key is None:
-            raise resource_not_found(ctx, str(params.uri))
-        await self.subscriptions.add_session(key, id(ctx.session.client_params), ctx.session)
+            raise resource_not_found(ctx, uri)
+        session_id = self.shared_session(ctx)
+        if session_id is not None and self.directory is not None:
+            await self.directory.change(session_id, partial(_with_subscription, uri, True))
+            await self.subscriptions.add_feed_session(key, session_id)
+        else:
+            await self.subscriptions.add_session(key, id(ctx.session.client_params), ctx.session)
         return types.EmptyResult()
 
     async def unsubscribe_resource(
         self, ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams
     ) -> types.EmptyResult:
-        key = self.subscriptions.key_for(str(params.uri))
-        if key is not None:
+        uri = str(params.uri)
+        key = self.subscriptions.key_for(uri)
+        session_id = self.shared_session(ctx)
+        if session_id is not None and self.directory is not None:
+            await self.directory.change(session_id, partial(_with_subscription, uri, False))
+            if key is not None:
+                await self.subscriptions.remove_feed_session(key, session_id)
+        elif key is not None:
             await self.subscriptions.remove_session(key, id(ctx.session.client_params))
         return types.EmptyResult()
 
     async def complete(self, ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams) -> Any:
-        self._remember(ctx)
+        await self._remember(ctx)
         forwarded = forward_params(ctx)
         ref: Params = dict(forwarded.get("ref") or {})
         table = self.view.table

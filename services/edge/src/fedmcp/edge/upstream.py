@@ -31,6 +31,8 @@ _NO_RESPONDERS = "503"
 
 ACCEPT_GRACE = 0.5
 """Seconds an edge waits past the accept-by time before it sends a request again."""
+LOST_GRACE = 0.5
+"""Seconds an edge still waits for a call's frames after its adapter said it no longer holds the call."""
 
 
 def _again(span: Span, server: str, event: str, reason: str) -> None:
@@ -55,6 +57,23 @@ class _Lost(Exception):
     """The adapter that accepted the request is gone (or no longer holds it)."""
 
 
+class _Gone(Exception):
+    """The adapter does not hold the request's front session (any more)."""
+
+
+class SessionLost(Exception):
+    """A request of a front session pinned to one instance (affinity = "session") cannot be served
+    there: the instance, or the backing session it held for the front session, is gone. Never
+    sent elsewhere: another instance would serve it on a fresh backing session."""
+
+    def __init__(self, server: str, reason: str) -> None:
+        super().__init__(f"server {server!r}: {reason}")
+        self.server = server
+        self.reason = reason
+
+
+OnAccept = Callable[[str], Awaitable[None]]
+"""Called with the instance that accepted a request (first accept only)."""
 Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
 """Receives a request-scoped notification (method, params) streamed back by the adapter."""
 OnRequest = Callable[[str, dict[str, Any], str, "jsonrpc.RequestId | None"], Awaitable[Any]]
@@ -185,14 +204,25 @@ class Upstream:
         capabilities: dict[str, Any] | None = None,
         idempotent: bool = False,
         identity: str | None = None,
+        session: str | None = None,
+        instance: str | None = None,
+        on_accept: OnAccept | None = None,
     ) -> Any:
         """Send one request to `server` and return the decoded `result`; raise MCPError otherwise.
 
         Delivery: no accept in time -> sent again (nothing ran); a busy replica -> sent again
         until `overload_wait`; accepted and then lost -> sent again only when `idempotent`,
-        so a call never runs twice because of the gateway."""
+        so a call never runs twice because of the gateway.
+
+        `session`: the front session of a server with affinity "session". Without `instance` the
+        request opens the session's backing session on whichever replica takes it (`on_accept`
+        learns which); with it, it goes to that instance only. Either way a lost instance or
+        backing session raises SessionLost instead of a failover."""
         timeout = self.request_timeout if timeout is None else timeout
         hdrs = headers.base({headers.DEADLINE: headers.deadline_in(timeout), headers.FRONT_VERSION: front_version})
+        if session is not None:
+            hdrs[headers.SESSION] = session
+        subject = self.subjects.rpc(server) if instance is None else self.subjects.rpc_pinned(server, instance)
         if identity is not None:
             hdrs[headers.IDENTITY] = identity
         if capabilities is not None:
@@ -214,7 +244,7 @@ class Upstream:
 
         async def send(reply: str) -> None:
             hdrs[headers.ACCEPT_BY] = headers.deadline_in(self.accept_timeout)
-            await self.nc.publish(self.subjects.rpc(server), payload, reply=reply, headers=hdrs)
+            await self.nc.publish(subject, payload, reply=reply, headers=hdrs)
 
         started = anyio.current_time()
         with telemetry.producer(telemetry.RPC_TEMPLATE, server) as span:
@@ -223,9 +253,13 @@ class Upstream:
                 left = timeout - (anyio.current_time() - started)
                 try:
                     return await self._exchange(
-                        server, send, left, on_notify, on_request, accepted=False, upload=pieces
+                        server, send, left, on_notify, on_request, accepted=False, upload=pieces, on_accept=on_accept
                     )
+                except _Gone:
+                    raise SessionLost(server, "the instance no longer holds this session") from None
                 except _NotAccepted:
+                    if instance is not None:
+                        raise SessionLost(server, f"instance {instance!r} did not accept") from None
                     if left <= self.accept_timeout:
                         raise MCPError(
                             code=jsonrpc.UPSTREAM_UNAVAILABLE, message=f"no adapter of server {server!r} accepted"
@@ -234,6 +268,8 @@ class Upstream:
                 except _NoResponders:
                     # An adapter may be restarting (rolling restart): keep trying for the accept window.
                     if anyio.current_time() - started > min(self.accept_timeout, timeout):
+                        if instance is not None:
+                            raise SessionLost(server, f"instance {instance!r} is gone") from None
                         raise MCPError(
                             code=jsonrpc.UPSTREAM_UNAVAILABLE, message=f"server {server!r} has no running adapter"
                         ) from None
@@ -247,6 +283,8 @@ class Upstream:
                     _again(span, server, "retry", "busy")
                     await anyio.sleep(0.02)
                 except _Lost:
+                    if session is not None:
+                        raise SessionLost(server, "the instance holding this session was lost mid-call") from None
                     if not idempotent or left <= 0:
                         raise MCPError(
                             code=jsonrpc.UPSTREAM_LOST,
@@ -286,6 +324,7 @@ class Upstream:
         *,
         accepted: bool,
         upload: list[bytes] | None = None,
+        on_accept: OnAccept | None = None,
     ) -> Any:
         # Unguessable: adapters may publish to any reply subject, so a token must not be
         # derivable from one an adapter has seen (it could inject frames into other calls).
@@ -297,7 +336,7 @@ class Upstream:
         finished = False
         try:
             await send(reply)
-            result = await self._await_result(server, call, timeout, on_notify, on_request, accepted)
+            result = await self._await_result(server, call, timeout, on_notify, on_request, accepted, on_accept)
             finished = True
             return result
         except _NotAccepted:
@@ -306,7 +345,7 @@ class Upstream:
             while len(self._abandoned) > 1024:
                 self._abandoned.pop(next(iter(self._abandoned)))
             raise
-        except (MCPError, _NoResponders, _Busy, _Lost):
+        except (MCPError, _NoResponders, _Busy, _Lost, _Gone):
             finished = True  # nothing to cancel: the adapter is gone or never took it
             raise
         finally:
@@ -326,6 +365,7 @@ class Upstream:
         on_notify: Notify | None,
         on_request: OnRequest | None,
         accepted: bool,
+        on_accept: OnAccept | None = None,
     ) -> Any:
         deadline = anyio.current_time() + timeout
         while True:
@@ -340,17 +380,26 @@ class Upstream:
                     raise _NotAccepted
                 if anyio.current_time() >= deadline:
                     raise MCPError(code=jsonrpc.UPSTREAM_TIMEOUT, message=f"server {server!r} did not answer in time")
-                if not await self._still_held(server, call):
+                if await self._still_held(server, call):
+                    continue
+                # "Not held" may be "just answered": the adapter sent its last frames before it said so,
+                # but they may still be queued for this call. Wait a moment for them before calling it lost.
+                with anyio.move_on_after(LOST_GRACE):
+                    frame = await call.receive.receive()
+                if frame is None:
                     raise _Lost
-                continue
             if frame.kind == headers.Kind.BUSY:
                 raise _Busy
             if frame.kind == _NO_RESPONDERS:
                 raise _NoResponders
+            if frame.kind == headers.Kind.GONE:
+                raise _Gone
             if frame.kind == headers.Kind.ACCEPT:
                 accepted = True
                 if frame.instance:
                     call.instances.append(frame.instance)
+                    if on_accept is not None and len(call.instances) == 1:
+                        await on_accept(frame.instance)
                 continue
             if frame.kind == headers.Kind.RESULT:
                 return jsonrpc.result_of(frame.data)

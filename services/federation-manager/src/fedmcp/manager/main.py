@@ -10,7 +10,7 @@ import click
 import structlog
 from fedmcp.manager import lease
 from fedmcp.manager.registry import Registry
-from fedmcp.shared import buckets, bus, discovery, logs, runner, telemetry
+from fedmcp.shared import buckets, bus, discovery, frontsession, logs, runner, telemetry
 from fedmcp.shared.audit import Audit
 from fedmcp.shared.grants import GrantStore
 from fedmcp.shared.ops_http import bind, serve_ops
@@ -54,10 +54,14 @@ async def run_manager(
         registry.leader = False  # until the lease says otherwise
         await registry.load()
         leases = await buckets.open_bucket(js, subjects, buckets.LEASES, region)
+        # Where front sessions' own backing sessions are (affinity = "session"): edges write, and bind only.
+        await buckets.open_bucket(js, subjects, buckets.PINS, region, max_age=buckets.PIN_MAX_AGE)
         # The region's security state lives where its managers put it; edges only bind to it.
         await PolicyStore.open(js, subjects, region, create=True)
         await GrantStore.open(js, subjects, region, os.environ.get("FEDMCP_REGIONS"), create=True)
         await Audit(nc, subjects, region, create=True).start()
+        await frontsession.open_sessions(js, subjects, region, create=True)
+        await frontsession.open_feed(js, subjects, region, create=True)
         me = micro.id
 
         async def leadership(leading: bool) -> None:

@@ -203,13 +203,15 @@ class Backend:
         ask: Asker | None = None,
         front_version: str | None = None,
         capabilities: Mapping[str, Any] | None = None,
+        connection: BackingConnection | None = None,
     ) -> dict[str, Any]:
-        """Send one request to the backing server and return its raw result.
+        """Send one request to the backing server and return its raw result; on `connection` (a front
+        session's own, pinned.py) when given, else on a shared session.
 
         Raises MCPError for a JSON-RPC error from the server, BackendUnavailable
         when it is not connected within `wait_ready` seconds.
         """
-        session = await self._session_for(front_version)
+        session = connection or await self._session_for(front_version)
         backing = session.protocol_version
         if front_version and backing and (front_version in MODERN) != (backing in MODERN):
             telemetry.event("era translation", {"mcp.front.version": front_version, "mcp.backing.version": backing})

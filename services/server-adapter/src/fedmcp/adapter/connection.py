@@ -9,7 +9,9 @@ What the backing server sends outside a response (log messages and, for
 handshake-era servers, sampling/elicitation/roots requests) carries no
 request id on a stdio wire, so it is attributed to the one call in flight on
 this session; with several in flight it is refused rather than risk sending
-one user's question to another.
+one user's question to another. A `dedicated` session (one front session's
+own, affinity = "session") has only that front session's calls, so there it
+goes to the latest call in flight.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ class BackingConnection:
         on_resource_updated: Callable[[str], Awaitable[None]] | None = None,
         on_session: Callable[[Client], Coroutine[Any, Any, None]] | None = None,
         once: bool = False,
+        restart: bool = True,
+        dedicated: bool = False,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
         probe_interval: float = 5.0,
@@ -92,6 +96,10 @@ class BackingConnection:
         self._on_resource_updated = on_resource_updated
         self._on_session = on_session
         self._once = once
+        self._restart = restart
+        """False: a lost session is not replaced (its state would be gone without anyone noticing)."""
+        self.dedicated = dedicated
+        """Every call on this session comes from one front session."""
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._probe_interval = probe_interval
@@ -152,6 +160,11 @@ class BackingConnection:
                 self.failed = True
                 self._ready.set()
                 return
+            if not self._restart:
+                self.state = "lost" if connected else "failed"
+                self.failed = True
+                self._ready.set()
+                return
             self._reset_ready()
             self.restarts += 1
             metrics.BACKING_RESTARTS.labels(self.name).inc()
@@ -197,6 +210,8 @@ class BackingConnection:
                     raw = await client.session.send_discover(self.mode)
                     client.session.adopt(types.DiscoverResult.model_validate(raw))
                 self._lost = anyio.Event()
+                if self._closing:  # closed while the handshake ran
+                    self._lost.set()
                 if self._on_connected is not None:
                     await self._on_connected(client)
                 await self._open_log_gate(client)
@@ -275,6 +290,10 @@ class BackingConnection:
             await self._on_resource_updated(str(message.params.uri))
 
     def _sole_call(self) -> CallHooks | None:
+        """The call that what the server sends outside a response belongs to: the one in flight; on a
+        dedicated session, where every call is the same front session's, the latest one."""
+        if self.dedicated and self.in_flight:
+            return self.in_flight[max(self.in_flight)]
         return next(iter(self.in_flight.values())) if len(self.in_flight) == 1 else None
 
     async def _on_log(self, params: types.LoggingMessageNotificationParams) -> None:

@@ -7,6 +7,7 @@ from functools import partial
 
 import anyio
 import click
+import msgspec
 from fedmcp.adapter.service import Adapter
 from fedmcp.shared import bus, logs, runner, telemetry
 from fedmcp.shared.config import BackingServer, decode_server, load_toml
@@ -59,6 +60,17 @@ async def serve(
 @click.option("--heartbeat", default=2.0, show_default=True, help="Seconds between heartbeats.")
 @click.option("--http-port", type=int, default=None, help="Serve /metrics, /healthz and /readyz on this port.")
 @click.option("--http-host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--affinity",
+    type=click.Choice(["none", "session"]),
+    default=None,
+    help="session: a stateful server; each front session gets a backing session of its own, pinned to one "
+    "adapter instance (default: the server's configured affinity, else none).",
+)
+@click.option("--max-sessions", type=int, default=None, help="With --affinity session: pinned sessions at most.")
+@click.option(
+    "--session-idle-timeout", type=float, default=None, help="With --affinity session: close idle ones after seconds."
+)
 def main(
     nats_url: str,
     config_path: str | None,
@@ -69,6 +81,9 @@ def main(
     heartbeat: float,
     http_port: int | None,
     http_host: str,
+    affinity: str | None,
+    max_sessions: int | None,
+    session_idle_timeout: float | None,
 ) -> None:
     """Wrap one backing MCP server (stdio command or HTTP URL) and serve it on the bus."""
     from pathlib import Path
@@ -84,6 +99,21 @@ def main(
         server, cfg_prefix, cfg_region = config.servers[name], config.prefix, config.region
     else:
         raise click.UsageError("give --config or --server-json")
+    overrides = {
+        key: value
+        for key, value in (
+            ("affinity", affinity),
+            ("max_sessions", max_sessions),
+            ("session_idle_timeout", session_idle_timeout),
+        )
+        if value is not None
+    }
+    if overrides:
+        server = msgspec.structs.replace(server, **overrides)
+        try:
+            server.check(name)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     try:
         runner.run(
             partial(

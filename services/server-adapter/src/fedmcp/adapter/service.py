@@ -21,6 +21,7 @@ import msgspec
 import structlog
 from anyio.abc import TaskGroup
 from fedmcp.adapter.backend import Backend, BackendUnavailable
+from fedmcp.adapter.pinned import Pinned, PinnedSessions
 from fedmcp.shared import chunks, discovery, envelopes, headers, identity, jsonrpc, metrics, natsguard, telemetry
 from fedmcp.shared.audit import Audit, AuditEvent
 from fedmcp.shared.config import BackingServer
@@ -59,6 +60,10 @@ class _Call:
 
     reply: str | None
     deadline: float
+
+
+class _SessionGone(Exception):
+    """The front session's own backing session is lost: answered `gone`, and the front session expires."""
 
 
 def _capabilities(raw: str | None) -> dict[str, Any] | None:
@@ -115,10 +120,14 @@ class Adapter:
             version=version,
             started_at=time.time(),
             state="starting",
-            settings=ServerSettings(prefix=config.prefix),
+            settings=ServerSettings(prefix=config.prefix, affinity=config.affinity),
         )
         self.backend = Backend(name, config, self._catalog_changed, self._resource_updated)
+        self.pinned = PinnedSessions(name, config) if config.affinity == "session" else None
+        """With affinity "session": the backing sessions of one front session each."""
         self._inflight = 0
+        self._events = 0
+        """Resource updates published, for their event ids."""
         self._idle = anyio.Event()
         self._idle.set()
         self._tg: TaskGroup | None = None
@@ -150,7 +159,9 @@ class Adapter:
         await self.nc.publish(self.subjects.announce(self.name, self.instance.instance), body, headers=headers.base())
 
     async def _resource_updated(self, uri: str) -> None:
-        await self.nc.publish(self.subjects.resource_updated(self.name), uri.encode(), headers=headers.base())
+        self._events += 1
+        event = {headers.EVENT_ID: f"{self.instance.instance}-{self._events}"}
+        await self.nc.publish(self.subjects.resource_updated(self.name), uri.encode(), headers=headers.base(event))
 
     async def _heartbeats(self) -> None:
         while True:
@@ -175,6 +186,12 @@ class Adapter:
         if msg.reply:
             held = msg.data.decode(errors="replace") in self._scopes
             await self.nc.publish(msg.reply, b"1" if held else b"0", headers=headers.base())
+
+    async def _on_session_close(self, msg: Msg) -> None:
+        """An edge ends a front session: close its backing session."""
+        closed = self.pinned is not None and self.pinned.close(msg.data.decode(errors="replace"))
+        if msg.reply:
+            await self.nc.publish(msg.reply, b"1" if closed else b"0", headers=headers.base())
 
     async def _on_reannounce(self, msg: Msg) -> None:
         if self.backend.catalog is not None:
@@ -265,9 +282,23 @@ class Adapter:
                     )
                 await self._fail(msg, None, jsonrpc.UNAUTHORIZED, f"refused by server {self.name!r}: {exc}")
                 return
+        session = (msg.headers or {}).get(headers.SESSION)
+        on_pinned_subject = msg.subject != self.subjects.rpc(self.name)
+        pin: Pinned | None = None
+        if on_pinned_subject:
+            # Only the instance that holds the front session's backing session may serve it.
+            pin = self.pinned.get(session) if self.pinned is not None and session else None
+            if pin is None:
+                await self._reply(msg.reply, headers.Kind.GONE)
+                return
         if self._inflight > self.max_concurrency:
             await self._reply(msg.reply, headers.Kind.BUSY)
             return
+        if pin is None and session and self.pinned is not None:
+            pin = self.pinned.open(session)
+            if pin is None:  # at max_sessions: another replica may have room
+                await self._reply(msg.reply, headers.Kind.BUSY)
+                return
         await self._reply(msg.reply, headers.Kind.ACCEPT)
         try:
             data = await self._body(msg, left)
@@ -287,7 +318,11 @@ class Adapter:
             await self._fail(msg, request.id, jsonrpc.INVALID_PARAMS, 'the "_meta" member of params must be an object')
             return
         call = _Call(reply=msg.reply, deadline=anyio.current_time() + left)
-        body = await self._forward(request, call, msg.headers or {})
+        try:
+            body = await self._forward(request, call, msg.headers or {}, pin, first=not on_pinned_subject)
+        except _SessionGone:
+            await self._reply(call.reply, headers.Kind.GONE)
+            return
         await self._reply(call.reply, headers.Kind.RESULT, body)
 
     async def _fail(self, msg: Msg, request_id: jsonrpc.RequestId | None, code: int, message: str) -> None:
@@ -332,11 +367,13 @@ class Adapter:
             raise MCPError(code=jsonrpc.INVALID_REQUEST, message="the request body is larger than announced")
         return body
 
-    async def _forward(self, request: jsonrpc.Request, call: _Call, hdrs: dict[str, str]) -> bytes:
+    async def _forward(
+        self, request: jsonrpc.Request, call: _Call, hdrs: dict[str, str], pin: Pinned | None = None, *, first: bool
+    ) -> bytes:
         started = time.perf_counter()
         metrics.ADAPTER_INFLIGHT.labels(self.name).inc()
         try:
-            body, code = await self._forward_measured(request, call, hdrs)
+            body, code = await self._forward_measured(request, call, hdrs, pin, first)
         finally:
             metrics.ADAPTER_INFLIGHT.labels(self.name).dec()
         metrics.CLIENT_DURATION.labels(self.name, request.method, metrics.outcome(code)).observe(
@@ -345,7 +382,7 @@ class Adapter:
         return body
 
     async def _forward_measured(
-        self, request: jsonrpc.Request, call: _Call, hdrs: dict[str, str]
+        self, request: jsonrpc.Request, call: _Call, hdrs: dict[str, str], pin: Pinned | None, first: bool
     ) -> tuple[bytes, int | None]:
         rid = request.id
         left = call.deadline - anyio.current_time()
@@ -378,18 +415,34 @@ class Adapter:
                     uri, unsubscribe=request.method.endswith("unsubscribe"), wait_ready=min(left, self.restart_wait)
                 )
                 return jsonrpc.encode_result(rid, result), None
-            result = await self.backend.request(
-                request.method,
-                request.params,
-                timeout=left,
-                wait_ready=min(left, self.restart_wait),
-                sink=sink,
-                log_level=hdrs.get(headers.LOG_LEVEL),
-                ask=ask,
-                front_version=hdrs.get(headers.FRONT_VERSION),
-                capabilities=_capabilities(hdrs.get(headers.CLIENT_CAPABILITIES)),
-            )
+            with pin.in_use() if pin is not None else contextlib.nullcontext():
+                connection = None
+                if pin is not None:
+                    connection = await pin.wait_ready(left)
+                    if connection is None:
+                        raise BackendUnavailable(pin.connection.state)
+                result = await self.backend.request(
+                    request.method,
+                    request.params,
+                    timeout=left,
+                    wait_ready=min(left, self.restart_wait),
+                    sink=sink,
+                    log_level=hdrs.get(headers.LOG_LEVEL),
+                    ask=ask,
+                    front_version=hdrs.get(headers.FRONT_VERSION),
+                    capabilities=_capabilities(hdrs.get(headers.CLIENT_CAPABILITIES)),
+                    connection=connection,
+                )
         except BackendUnavailable as exc:
+            if pin is not None:
+                # A front session's own backing session is never replaced: it is closed, and the
+                # front session expires (unless this was its first request: then nothing was kept).
+                assert self.pinned is not None
+                self.pinned.close(pin.session)
+                if not first:
+                    raise _SessionGone from exc
+                message = f"server {self.name!r} could not open a session for this client ({exc}); try again"
+                return jsonrpc.encode_error(rid, jsonrpc.UPSTREAM_UNAVAILABLE, message), jsonrpc.UPSTREAM_UNAVAILABLE
             message = f"server {self.name!r} is unavailable ({exc}); try again shortly"
             return jsonrpc.encode_error(rid, jsonrpc.UPSTREAM_UNAVAILABLE, message), jsonrpc.UPSTREAM_UNAVAILABLE
         except MCPError as exc:
@@ -426,6 +479,17 @@ class Adapter:
                 backend_closed.set()
 
             background.start_soon(run_backend)
+            pinned_closed = anyio.Event()
+            if self.pinned is not None:
+                pinned = self.pinned
+
+                async def run_pinned(*, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+                    await pinned.run(task_status=task_status)
+                    pinned_closed.set()
+
+                await background.start(run_pinned)
+            else:
+                pinned_closed.set()
             if self.verifier is not None:
                 background.start_soon(self._start_audit)
             # In-flight requests live in their own group so that a drain can wait
@@ -435,6 +499,13 @@ class Adapter:
                 reannounce = await self.nc.subscribe(self.subjects.reannounce(self.name), cb=self._on_reannounce)
                 cancels = await self.nc.subscribe(self.subjects.cancel(self.name), cb=self._on_cancel)
                 pings = await self.nc.subscribe(self.subjects.ping(self.name, self.instance.instance), cb=self._on_ping)
+                intake, control = [reannounce], [cancels, pings]
+                if self.pinned is not None:
+                    me = self.instance.instance
+                    intake.append(await self.nc.subscribe(self.subjects.rpc_pinned(self.name, me), cb=self._on_request))
+                    control.append(
+                        await self.nc.subscribe(self.subjects.session_close(self.name, me), cb=self._on_session_close)
+                    )
                 micro = await discovery.register(
                     self.nc,
                     discovery.ADAPTER,
@@ -451,13 +522,16 @@ class Adapter:
                 task_status.started()
                 await self._stop.wait()
                 with anyio.CancelScope(shield=True):
-                    await self._drain([requests, reannounce], [cancels, pings])
+                    await self._drain([requests, *intake], control)
                     with anyio.move_on_after(2):
                         await micro.stop()
                     # In-flight work is done: now close the backing sessions gracefully.
                     self.backend.close()
+                    if self.pinned is not None:
+                        self.pinned.close_all()
                     with anyio.move_on_after(6):
                         await backend_closed.wait()
+                        await pinned_closed.wait()
                 work.cancel_scope.cancel()
             background.cancel_scope.cancel()
 

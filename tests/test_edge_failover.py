@@ -1,0 +1,166 @@
+"""Interchangeable edges: a handshake-era session outlives the edge that opened it.
+
+Real processes (manager, adapter, two edges) and a raw HTTP client, so the test sees
+exactly what crosses the wire: session ids, SSE event ids, `Last-Event-ID`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import msgspec
+import pytest
+from conftest import python_server
+from fedmcp.shared.natsserver import NatsServer, free_port
+from procs import Proc, fedmcp, wait_for_tools
+
+pytestmark = pytest.mark.anyio
+
+VERSION = "2025-11-25"
+SSE = {"Accept": "application/json, text/event-stream"}
+
+
+class Session:
+    """One handshake-era session, spoken by hand to whichever edge each request goes to."""
+
+    def __init__(self, http: httpx2.AsyncClient) -> None:
+        self.http = http
+        self.id = ""
+        self.next_id = 0
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        out = {**SSE, "MCP-Protocol-Version": VERSION, **extra}
+        if self.id:
+            out["Mcp-Session-Id"] = self.id
+        return out
+
+    async def post(self, url: str, method: str, params: dict[str, Any] | None = None) -> httpx2.Response:
+        self.next_id += 1
+        body: dict[str, Any] = {"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params or {}}
+        with anyio.fail_after(15):
+            return await self.http.post(url, json=body, headers=self.headers())
+
+    async def call(self, url: str, method: str, params: dict[str, Any] | None = None) -> Any:
+        response = await self.post(url, method, params)
+        assert response.status_code == 200, response.text
+        for message in sse_messages(response.text) if "event-stream" in response.headers["content-type"] else []:
+            if "result" in message or "error" in message:
+                return message
+        return response.json()
+
+    async def open(self, url: str) -> None:
+        params = {"protocolVersion": VERSION, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+        response = await self.post(url, "initialize", params)
+        assert response.status_code == 200
+        self.id = response.headers["mcp-session-id"]
+        with anyio.fail_after(15):
+            done = await self.http.post(
+                url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=self.headers()
+            )
+        assert done.status_code == 202
+
+
+def sse_messages(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:") and line[5:].strip()]
+
+
+async def sse_events(response: httpx2.Response) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """(event id, JSON-RPC message) of each SSE event with data."""
+    event_id, data = "", ""
+    async for line in response.aiter_lines():
+        if line.startswith("id:"):
+            event_id = line[3:].strip()
+        elif line.startswith("data:"):
+            data += line[5:].strip()
+        elif not line and data:
+            yield event_id, json.loads(data)
+            event_id, data = "", ""
+
+
+async def test_kill_9_of_the_edge_holding_a_session_mid_stream_loses_no_notification(
+    nats_server: NatsServer, procs: list[Proc], tmp_path: Path
+) -> None:
+    nats = ["--nats-url", nats_server.url]
+    procs.append(Proc(fedmcp("manager", *nats), tmp_path / "manager.log"))
+    server = msgspec.json.encode(python_server("watched.py", era="legacy")).decode()
+    procs.append(Proc(fedmcp("adapter", *nats, "--name", "watched", "--server-json", server), tmp_path / "adapter.log"))
+    urls = []
+    for name in ("a", "b"):
+        port = free_port()
+        procs.append(Proc(fedmcp("edge", *nats, "--anonymous", "--port", str(port)), tmp_path / f"edge-{name}.log"))
+        urls.append(f"http://127.0.0.1:{port}/mcp")
+    edge_a, edge_b = urls
+    for url in urls:
+        await wait_for_tools(url, {"watched_touch"})
+
+    touched: list[str] = []
+    received: list[tuple[str, str]] = []  # (event id, uri)
+    got = anyio.Event()
+
+    async def touch(url: str, uri: str) -> None:
+        touched.append(uri)
+        reply = await session.call(url, "tools/call", {"name": "watched_touch", "arguments": {"uri": uri}})
+        assert "result" in reply, reply
+
+    async def listen(url: str, until: int, last_event_id: str | None = None) -> None:
+        """Read the session's GET stream until `until` updates have arrived in all."""
+        nonlocal got
+        extra = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        try:
+            async with session.http.stream("GET", url, headers=session.headers(**extra)) as stream:
+                assert stream.status_code == 200
+                async for event_id, message in sse_events(stream):
+                    assert message["method"] == "notifications/resources/updated", message
+                    received.append((event_id, message["params"]["uri"]))
+                    got.set()
+                    if len(received) >= until:
+                        return
+        except (httpx2.RemoteProtocolError, httpx2.ReadError):
+            pass  # the edge died under the stream, as a client sees it
+
+    async def arrived(count: int) -> None:
+        nonlocal got
+        with anyio.fail_after(15):
+            while len(received) < count:
+                await got.wait()
+                got = anyio.Event()
+
+    async with httpx2.AsyncClient(timeout=httpx2.Timeout(15, read=None)) as http:
+        session = Session(http)
+        await session.open(edge_a)
+        # State changes land on either edge: a round-robin balancer in front of them would do this.
+        assert "result" in await session.call(edge_a, "resources/subscribe", {"uri": "watch://a"})
+        assert "result" in await session.call(edge_b, "resources/subscribe", {"uri": "watch://b"})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listen, edge_a, 1000)
+            for i in range(6):
+                await touch(edge_b, "watch://a" if i % 2 else "watch://b")
+                await arrived(i + 1)  # the stream is live: each update arrives before the next touch
+            procs[2].kill()  # kill -9 of edge A, which holds the GET stream
+        assert len(received) == 6
+        # Updates made while the client has no stream at all are kept in the feed.
+        for i in range(6, 10):
+            await touch(edge_b, "watch://a" if i % 2 else "watch://b")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listen, edge_b, 14, received[-1][0])
+            await arrived(10)  # the replay
+            for i in range(10, 14):
+                await touch(edge_b, "watch://a" if i % 2 else "watch://b")
+                await arrived(i + 1)
+        # Every notification exactly once, in order, across the two edges.
+        assert [uri for _, uri in received] == touched
+        ids = [int(event_id.removeprefix("f-")) for event_id, _ in received]
+        assert ids == sorted(set(ids))
+        # The rest of the session goes on at edge B, with what was negotiated at edge A.
+        listed = await session.call(edge_b, "tools/list")
+        assert "watched_touch" in {t["name"] for t in listed["result"]["tools"]}
+        # Ending the session at one edge ends it at every edge.
+        with anyio.fail_after(15):
+            assert (await http.delete(edge_b, headers=session.headers())).status_code == 200
+        gone = await session.post(edge_b, "tools/list")
+        assert gone.status_code == 404
