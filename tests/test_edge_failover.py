@@ -15,8 +15,10 @@ import anyio
 import httpx2
 import msgspec
 import pytest
-from conftest import python_server
+from conftest import demo_server, federation, python_server
+from fedmcp.edge import http
 from fedmcp.shared.natsserver import NatsServer, free_port
+from mcp import Client
 from procs import Proc, fedmcp, wait_for_tools
 
 pytestmark = pytest.mark.anyio
@@ -164,3 +166,24 @@ async def test_kill_9_of_the_edge_holding_a_session_mid_stream_loses_no_notifica
             assert (await http.delete(edge_b, headers=session.headers())).status_code == 200
         gone = await session.post(edge_b, "tools/list")
         assert gone.status_code == 404
+
+
+async def test_an_idle_session_costs_no_transport_and_is_adopted_again(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http, "LOCAL_IDLE", 0.5)
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("demo", demo_server())
+        assert fed.edge is not None
+        held = fed.edge.http_sessions._server_instances
+        async with Client(fed.url, mode="legacy") as client:
+            await client.set_logging_level("warning")
+            (session_id,) = held
+            with anyio.fail_after(10):
+                while session_id in held:  # noqa: ASYNC110 -- a timer drops it; there is no event to wait on
+                    await anyio.sleep(0.05)
+            assert session_id in fed.edge.directory.records  # the session itself lives on
+            result = await client.call_tool("demo_add", {"a": 1, "b": 2})
+            assert result.structured_content == {"result": 3}
+            assert session_id in held  # adopted again, with what the session had set
+            assert fed.edge.directory.records[session_id].log_level == "warning"

@@ -25,6 +25,10 @@ from starlette.routing import Route
 
 RETRY_MS = 1000
 """SSE `retry` hint for handshake-era clients whose stream was closed for polling."""
+LOCAL_IDLE = 60.0
+"""Seconds without a request after which an edge drops its in-memory copy of a handshake-era session.
+The session lives on in the sessions bucket and the next request, on any edge, adopts it again: an idle
+session costs its record, not a transport and its tasks."""
 
 
 def build_app(
@@ -64,8 +68,10 @@ def build_app(
         max_request_body_size=max_body_bytes,
         event_store=MemoryEventStore(),
         retry_interval=RETRY_MS,
+        session_idle_timeout=LOCAL_IDLE,
     )
     federated.expire_session = sessions.expire
+    edge.http_sessions = sessions
     app = Starlette(
         routes=[
             Route(path, endpoint=StreamableHTTPASGIApp(sessions)),

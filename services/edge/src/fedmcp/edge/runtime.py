@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 from fedmcp.edge.auth import ANONYMOUS
@@ -34,6 +35,8 @@ class Edge:
     edge_id: str
     directory: SessionDirectory
     feed: Feed
+    http_sessions: Any = None
+    """The Streamable HTTP session manager (sessions.FederatedSessionManager) once the HTTP face is built."""
 
 
 def new_edge_id() -> str:
