@@ -122,15 +122,19 @@ async def federation(
     role_url: Callable[[str], str] | None = None,
     **edge_kw: Any,
 ) -> AsyncIterator[Federation]:
-    """`role_url` gives each role its own NATS URL (see Federation.role_url); by default all use `nats_url`."""
+    """`role_url` gives each role its own NATS URL (see Federation.role_url); by default all use `nats_url`.
+
+    `manager=False`: no manager of its own; the test runs the region's managers (the edge waits until
+    one has created the buckets)."""
     async with AsyncExitStack() as stack, anyio.create_task_group() as tg:
         fed = Federation(nats_url, tg, stack, role_url=role_url)
         stop = anyio.Event()
-        await tg.start(
-            lambda task_status: run_manager(
-                fed.url_for("manager"), evict_after=evict_after, stop=stop, task_status=task_status
+        if manager:
+            await tg.start(
+                lambda task_status: run_manager(
+                    fed.url_for("manager"), evict_after=evict_after, stop=stop, task_status=task_status
+                )
             )
-        )
         async with edge_runtime(fed.url_for("edge"), **edge_kw) as edge, anyio.create_task_group() as edge_tg:
             fed.edge = edge
             sock = bind("127.0.0.1", 0)

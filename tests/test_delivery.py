@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -14,10 +16,11 @@ import msgspec
 import pytest
 from conftest import federation, python_server
 from fedmcp.cli.inspect import read_state
-from fedmcp.shared import jsonrpc
+from fedmcp.shared import bus, jsonrpc
 from fedmcp.shared.natsserver import NatsServer
 from mcp import Client
 from mcp.shared.exceptions import MCPError
+from nats.aio.msg import Msg
 
 pytestmark = pytest.mark.anyio
 
@@ -56,8 +59,15 @@ async def runs(ledger: Path, expected: int) -> list[tuple[str, int]]:
             path = anyio.Path(ledger)
             lines = (await path.read_text()).splitlines() if await path.exists() else []
             if len(lines) >= expected:
-                return [(tool, int(pid)) for tool, pid in (line.split() for line in lines)]
+                return [(tool, int(pid)) for tool, pid, *_ in (line.split() for line in lines)]
             await anyio.sleep(0.02)
+
+
+async def entries(ledger: Path) -> list[tuple[str, int, str]]:
+    """Every ledger line as (tool, adapter pid, id); the id is "" for a call without one."""
+    path = anyio.Path(ledger)
+    lines = (await path.read_text()).splitlines() if await path.exists() else []
+    return [(tool, int(pid), rest[0] if rest else "") for tool, pid, *rest in (line.split() for line in lines)]
 
 
 @pytest.mark.parametrize(("tool", "idempotent"), [("ledger_transfer", False), ("ledger_balance", True)])
@@ -87,6 +97,147 @@ async def test_kill_9_of_the_replica_holding_a_call(
         else:
             assert outcome == [jsonrpc.UPSTREAM_LOST]
             assert [t for t, _ in await runs(ledger, 1)] == ["transfer"]  # never run twice
+
+
+async def test_kill_9_of_one_of_three_replicas_under_mixed_load(
+    nats_server: NatsServer, replicas: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    async with federation(nats_server.url) as fed:
+        replicas.extend(start_adapter(nats_server.url, ledger, tmp_path / f"adapter{i}.log") for i in range(3))
+        await registered(nats_server.url, "ledger", 3)
+        await fed.wait_for_server("ledger", present=True)
+        # Each transfer carries its own id, which the ledger records when (and where) it runs.
+        pending: set[str] = set()  # sent, outcome not seen yet
+        moved: set[str] = set()  # the client saw it succeed
+        failed: dict[str, object] = {}  # did not succeed: id -> error code (or the unexpected result)
+        balances = 0
+        balance_failures: list[object] = []
+        stop = anyio.Event()
+        progress = anyio.Event()
+
+        def completed() -> None:
+            nonlocal progress
+            progress.set()
+            progress = anyio.Event()
+
+        async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
+            """Until `condition` holds, checked after every completed call."""
+            with anyio.fail_after(timeout):
+                while not await condition():
+                    await progress.wait()
+
+        async def transfers(client: Client, loop: int) -> None:
+            for n in itertools.count():
+                if stop.is_set():
+                    return
+                tid = f"{loop}.{n}"
+                pending.add(tid)
+                try:
+                    result = await client.call_tool("ledger_transfer", {"seconds": 1.0, "id": tid})
+                    if result.structured_content == {"result": "moved"}:
+                        moved.add(tid)
+                    else:
+                        failed[tid] = result
+                except MCPError as exc:
+                    failed[tid] = exc.error.code
+                pending.discard(tid)
+                completed()
+
+        async def balance(client: Client) -> None:
+            nonlocal balances
+            while not stop.is_set():
+                try:
+                    result = await client.call_tool("ledger_balance", {"seconds": 0.02})
+                    if result.structured_content == {"result": "42"}:
+                        balances += 1
+                    else:
+                        balance_failures.append(result)
+                except MCPError as exc:
+                    balance_failures.append((exc.error.code, exc.error.message))
+                completed()
+
+        async def warm() -> bool:
+            ran_transfers = {pid for tool, pid, _ in await entries(ledger) if tool == "transfer"}
+            return ran_transfers == {p.pid for p in replicas} and balances >= 20
+
+        async with Client(fed.url) as client, anyio.create_task_group() as tg:
+            for loop in range(4):
+                tg.start_soon(transfers, client, loop)
+                tg.start_soon(balance, client)
+            await until(warm)  # every replica is running transfers
+            seen = len(await entries(ledger))
+            with anyio.fail_after(10):  # a transfer shows in the ledger when it starts: poll for one that just did
+                while True:
+                    new = (await entries(ledger))[seen:]
+                    started = [pid for tool, pid, tid in new if tool == "transfer" and tid in pending]
+                    if started:
+                        break
+                    seen += len(new)
+                    await anyio.sleep(0.01)
+            victim = started[-1]  # its transfer has most of its second to run
+            os.kill(victim, signal.SIGKILL)
+            in_flight, moved_before, balances_before = set(pending), len(moved), balances
+
+            async def recovered() -> bool:
+                return not in_flight & pending and len(moved) >= moved_before + 8 and balances >= balances_before + 40
+
+            await until(recovered)  # every call in flight at the kill has ended, and calls keep completing
+            stop.set()
+        (killed,) = [p for p in replicas if p.pid == victim]
+        assert killed.wait(10) == -signal.SIGKILL
+        assert pending == set()
+        ran = [(pid, tid) for tool, pid, tid in await entries(ledger) if tool == "transfer"]
+        runs_of = Counter(tid for _, tid in ran)
+        ran_on = {tid: pid for pid, tid in ran}
+        assert [tid for tid, n in runs_of.items() if n > 1] == []  # no transfer ran twice
+        assert [tid for tid in moved if runs_of[tid] != 1] == []  # every success ran exactly once
+        assert {tid: code for tid, code in failed.items() if code != jsonrpc.UPSTREAM_LOST} == {}
+        assert {tid: ran_on.get(tid) for tid in failed if ran_on.get(tid) != victim} == {}, (victim, failed)
+        lost_on_victim = {tid for tid, pid in ran_on.items() if pid == victim and tid not in moved}
+        assert len(failed) == len(lost_on_victim) >= 1
+        assert set(failed) == lost_on_victim
+        assert balance_failures == [], balance_failures[:3]
+        assert balances >= 60
+
+
+async def test_a_call_that_ends_as_the_edge_probes_its_adapter_is_not_reported_lost(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    # The adapter answers "not held" as soon as it has sent the result; the result can still be
+    # queued at the edge then. Probing every 10 ms makes that moment frequent.
+    ledger = tmp_path / "ledger.txt"
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("ledger", python_server("ledger.py", env={"LEDGER": str(ledger)}))
+        assert fed.edge is not None
+        fed.edge.upstream.probe_after = 0.01
+        not_held = 0
+
+        async def on_answer(msg: Msg) -> None:
+            nonlocal not_held
+            not_held += msg.data == b"0"
+
+        watcher = await bus.connect(nats_server.url, name="test-watcher")
+        try:
+            await watcher.subscribe("_INBOX.>", cb=on_answer)  # the edge's ping answers land in its inboxes
+            await watcher.flush()
+            outcomes: list[object] = []
+            async with Client(fed.url) as client, anyio.create_task_group() as tg:
+
+                async def transfer(tid: str) -> None:
+                    try:
+                        result = await client.call_tool("ledger_transfer", {"seconds": 0.2, "id": tid})
+                        outcomes.append(result.structured_content)
+                    except MCPError as exc:
+                        outcomes.append(exc.error.code)
+
+                for i in range(40):
+                    tg.start_soon(transfer, str(i))
+        finally:
+            await watcher.close()
+        assert outcomes == [{"result": "moved"}] * 40
+        assert sorted(tid for _, _, tid in await entries(ledger)) == sorted(str(i) for i in range(40))
+        assert not_held >= 1  # the race was there to lose
 
 
 async def test_busy_replicas_give_an_overload_error_after_a_bounded_wait(

@@ -22,6 +22,9 @@ from nats.js.kv import KeyValue
 
 log = structlog.get_logger("fedmcp.manager.registry")
 
+GOODBYE_MEMORY = 60.0
+"""Seconds a goodbye is remembered: longer than an adapter takes to shut down after it."""
+
 
 @dataclass
 class Registry:
@@ -36,6 +39,8 @@ class Registry:
     _conflicts: list[str] = field(default_factory=list)
     _loaded_at: float = field(default_factory=time.monotonic)
     _empty_since: dict[str, float] = field(default_factory=dict)
+    _departed: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    """Instances that said goodbye: their start time, and when they said it (see `_gone`)."""
     leader: bool = True
     """Only the leader writes the buckets and publishes; a follower keeps the same view in memory
     so it can take over at once (see lease.py)."""
@@ -89,6 +94,8 @@ class Registry:
             log.warning("ignored announce in another bus protocol version", subject=msg.subject)
             return
         announce = envelopes.decode(msg.data, Announce)
+        if self._gone(announce.instance):
+            return
         await self._upsert(announce.instance)
         if announce.catalog is not None:
             await self._set_catalog(announce)
@@ -97,6 +104,8 @@ class Registry:
         if not headers.speaks_our_protocol(msg.headers):
             return
         inst = envelopes.decode(msg.data, Heartbeat).instance
+        if self._gone(inst):
+            return
         known = self.catalogs.get(inst.server)
         if (inst.server, inst.instance) not in self.instances or (
             inst.catalog_digest and (known is None or known.digest != inst.catalog_digest)
@@ -109,7 +118,15 @@ class Registry:
         if not headers.speaks_our_protocol(msg.headers):
             return
         inst = envelopes.decode(msg.data, Heartbeat).instance
+        self._departed[(inst.server, inst.instance)] = (inst.started_at, time.monotonic())
         await self._remove(inst.server, inst.instance, reason="goodbye")
+
+    def _gone(self, inst: Instance) -> bool:
+        """Did it say goodbye? Its heartbeats may still come: sent just before the goodbye (each subject
+        has its own subscription, so one may be handled after the goodbye) or while it shuts down.
+        They must not bring it back (a new start under the same id may)."""
+        departed = self._departed.get((inst.server, inst.instance))
+        return departed is not None and inst.started_at <= departed[0]
 
     async def _upsert(self, inst: Instance) -> None:
         key = (inst.server, inst.instance)
@@ -171,6 +188,9 @@ class Registry:
 
     async def evict_silent(self) -> None:
         cutoff = time.monotonic() - self.evict_after
+        for key, (_, when) in list(self._departed.items()):
+            if when < time.monotonic() - GOODBYE_MEMORY:
+                del self._departed[key]
         for (server, instance), seen in list(self._seen.items()):
             if seen < cutoff:
                 await self._remove(server, instance, reason="missed heartbeats")
