@@ -27,6 +27,7 @@ import anyio
 import httpx2
 import mcp_types as types
 import structlog
+from fedmcp.adapter import stdio_lines
 from fedmcp.adapter.envelope import HeaderMaps, send_modern
 from fedmcp.shared import chunks, jsonrpc, metrics
 from fedmcp.shared.config import BackingServer
@@ -38,6 +39,8 @@ from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
+
+stdio_lines.install()  # long lines from stdio servers in linear time (an SDK 2.3 reader is quadratic)
 
 log = structlog.get_logger("fedmcp.adapter.connection")
 

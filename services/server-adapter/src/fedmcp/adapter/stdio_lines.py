@@ -1,0 +1,76 @@
+"""Linear-time reading of long lines from a stdio backing server.
+
+The SDK's stdio client (mcp 2.3, `mcp/client/stdio.py:stdout_reader`) rebuilds
+`buffer + chunk` and splits it on every read of the server's stdout, so a line
+that arrives in n reads is copied n times: a 50 MB result took 25 s and one CPU.
+`install()` hands that reader whole lines instead (whatever a read brings, held
+back until it holds a line end), so its buffer stays short and each byte is
+copied a bounded number of times. Messages are unchanged; only read sizes differ.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mcp.client.stdio as sdk_stdio
+from anyio import EndOfStream
+from anyio.abc import ByteReceiveStream
+
+READ_SIZE = 65536
+
+
+class WholeLines(ByteReceiveStream):
+    def __init__(self, inner: ByteReceiveStream) -> None:
+        self.inner = inner
+        self._held = bytearray()
+
+    async def receive(self, max_bytes: int = READ_SIZE) -> bytes:
+        while True:
+            try:
+                chunk = await self.inner.receive(max(max_bytes, READ_SIZE))
+            except EndOfStream:
+                if self._held:
+                    return self._take()
+                raise
+            if b"\n" in chunk:
+                if not self._held:
+                    return chunk
+                self._held += chunk
+                return self._take()
+            self._held += chunk
+
+    def _take(self) -> bytes:
+        out = bytes(self._held)
+        self._held.clear()
+        return out
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class _Process:
+    """The SDK's process handle with stdout read in whole lines; everything else as it was."""
+
+    def __init__(self, process: Any) -> None:
+        self._process = process
+        self.stdout = WholeLines(process.stdout) if process.stdout is not None else None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._process, name)
+
+
+_installed = False
+
+
+def install() -> None:
+    """Wrap the processes the SDK's stdio client spawns (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    spawn = sdk_stdio._create_platform_compatible_process
+
+    async def spawn_whole_lines(*args: Any, **kwargs: Any) -> Any:
+        return _Process(await spawn(*args, **kwargs))
+
+    sdk_stdio._create_platform_compatible_process = spawn_whole_lines
+    _installed = True
