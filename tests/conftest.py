@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -37,6 +38,17 @@ def demo_server(**kw: Any) -> BackingServer:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def replicas() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Adapter processes a test starts and kills (-9) at will; whatever still runs is killed at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
 
 
 @pytest.fixture

@@ -195,16 +195,6 @@ async def test_two_replicas_and_two_edges_keep_a_session_on_one_instance(nats_se
             assert (await bump(a))["count"] == 6
 
 
-@pytest.fixture
-def adapters() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait(10)
-
-
 def start_adapter(nats_url: str, log: Path, http_port: int) -> subprocess.Popen[bytes]:
     server = msgspec.json.encode(python_server("counter.py")).decode()  # affinity from the command line
     args = [sys.executable, "-m", "fedmcp.adapter.main", "--nats-url", nats_url, "--name", "counter"]
@@ -219,11 +209,11 @@ async def pinned_at(port: int) -> float:
 
 
 async def test_kill_9_of_the_holding_instance_expires_the_session(
-    nats_server: NatsServer, adapters: list[subprocess.Popen[bytes]], tmp_path: Path
+    nats_server: NatsServer, replicas: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     ports = [free_port(), free_port()]
     async with federation(nats_server.url) as fed:
-        adapters.extend(start_adapter(nats_server.url, tmp_path / f"adapter{i}.log", p) for i, p in enumerate(ports))
+        replicas.extend(start_adapter(nats_server.url, tmp_path / f"adapter{i}.log", p) for i, p in enumerate(ports))
         await fed.wait_for_server("counter", present=True)
         assert fed.edge is not None
         with anyio.fail_after(20):
@@ -232,10 +222,10 @@ async def test_kill_9_of_the_holding_instance_expires_the_session(
             first, second = await bump(client), await bump(client)
             assert (first["count"], second["count"]) == (1, 2)
             assert (first["adapter"], first["pid"]) == (second["adapter"], second["pid"])  # one instance, one process
-            holder = next(p for p in adapters if p.pid == first["adapter"])
-            survivor = next(p for p in adapters if p is not holder)
-            assert await pinned_at(ports[adapters.index(holder)]) == 1
-            assert await pinned_at(ports[adapters.index(survivor)]) == 0
+            holder = next(p for p in replicas if p.pid == first["adapter"])
+            survivor = next(p for p in replicas if p is not holder)
+            assert await pinned_at(ports[replicas.index(holder)]) == 1
+            assert await pinned_at(ports[replicas.index(survivor)]) == 0
             # The pin is in the region's bucket, naming the holding instance.
             nc = NATS()
             await nc.connect(nats_server.url)
@@ -253,7 +243,7 @@ async def test_kill_9_of_the_holding_instance_expires_the_session(
             assert "the upstream instance holding this session was lost; re-initialize" in lost.value.error.message
             # Never a fresh backing session behind the client's back: the session is gone (HTTP 404).
             await gone(fed.url, sid())
-            assert await pinned_at(ports[adapters.index(survivor)]) == 0
+            assert await pinned_at(ports[replicas.index(survivor)]) == 0
         # A new session starts over, on the replica that is left.
         async with front(fed.url) as (fresh, _):
             again = await bump(fresh)

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -23,16 +23,6 @@ from mcp.shared.exceptions import MCPError
 from nats.aio.msg import Msg
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def replicas() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait(10)
 
 
 def start_adapter(nats_url: str, ledger: Path, log: Path) -> subprocess.Popen[bytes]:

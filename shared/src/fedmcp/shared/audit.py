@@ -24,12 +24,11 @@ from typing import Any, Literal, get_args
 import anyio
 import msgspec
 import structlog
-from fedmcp.shared import metrics, telemetry
-from fedmcp.shared.buckets import LOCAL, NotCreatedYet, Region, _patiently
+from fedmcp.shared import buckets, metrics, telemetry
+from fedmcp.shared.buckets import LOCAL, Region
 from fedmcp.shared.subjects import Subjects
 from nats.aio.client import Client as NATS
 from nats.js.api import DiscardPolicy, Placement, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
 from opentelemetry import trace
 
 log = structlog.get_logger("fedmcp.audit")
@@ -154,25 +153,11 @@ class Audit:
         config = stream_config(self.subjects, self.region, max_age=self.max_age)
         wanted = self.subjects.audit_all(self.region.name)
 
-        async def attempt() -> None:
-            try:
-                info = await self.js.stream_info(self.stream)
-            except NotFoundError:
-                if not self.create:
-                    raise NotCreatedYet(self.stream) from None
-                try:
-                    await self.js.add_stream(config)
-                    return
-                except BadRequestError as exc:
-                    if exc.err_code != 10058:  # not "created meanwhile with another configuration"
-                        raise
-                info = await self.js.stream_info(self.stream)
-            # An operator may have tuned an existing stream (retention, replicas): keep it, but it must
-            # hold our subjects, or every event would be lost.
-            if wanted not in (info.config.subjects or []):
-                raise ValueError(f"stream {self.stream} exists but does not take {wanted}")
-
-        await _patiently(attempt, self.patience)
+        info = await buckets.open_stream(self.js, config, create=self.create, patience=self.patience)
+        # An operator may have tuned an existing stream (retention, replicas): keep it, but it must
+        # hold our subjects, or every event would be lost.
+        if wanted not in (info.config.subjects or []):
+            raise ValueError(f"stream {self.stream} exists but does not take {wanted}")
 
     async def record(self, event: AuditEvent) -> None:
         """Publish `event` without waiting for its ack. Never raises (cancellation aside): an event

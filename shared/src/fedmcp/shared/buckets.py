@@ -25,12 +25,13 @@ from fedmcp.shared.subjects import Subjects
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError, TimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, Placement, StreamConfig
-from nats.js.errors import BadRequestError, BucketNotFoundError, ServiceUnavailableError
+from nats.js.api import DiscardPolicy, Placement, StreamConfig, StreamInfo
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 log = structlog.get_logger("fedmcp.buckets")
 
+STREAM_NAME_IN_USE = 10058
 NO_SUITABLE_PEERS = 10005
 """JetStream error code while a cluster that should hold a stream is still forming."""
 
@@ -134,6 +135,30 @@ async def _patiently(attempt: Callable[[], Awaitable[T]], patience: float) -> T:
             if exc.err_code != NO_SUITABLE_PEERS or anyio.current_time() > deadline:
                 raise
             await anyio.sleep(0.25)
+
+
+async def open_stream(
+    js: JetStreamContext, config: StreamConfig, *, create: bool, patience: float = 30.0
+) -> StreamInfo:
+    """Bind to a stream; create it when missing and `create` (managers; replicas race safely: an
+    identical config is accepted), else wait for it. An existing stream is bound as it is (an
+    operator may have tuned its retention or replicas)."""
+    name = config.name or ""
+
+    async def attempt() -> StreamInfo:
+        try:
+            return await js.stream_info(name)
+        except NotFoundError:
+            if not create:
+                raise NotCreatedYet(name) from None
+            try:
+                return await js.add_stream(config)
+            except BadRequestError as exc:
+                if exc.err_code != STREAM_NAME_IN_USE:  # created meanwhile with another configuration
+                    raise
+            return await js.stream_info(name)
+
+    return await _patiently(attempt, patience)
 
 
 async def open_bucket(

@@ -17,12 +17,11 @@ import time
 
 import msgspec
 from fedmcp.shared import buckets
-from fedmcp.shared.buckets import NotCreatedYet, Region, _patiently
+from fedmcp.shared.buckets import Region
 from fedmcp.shared.envelopes import JSON
 from fedmcp.shared.subjects import Subjects
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, Placement, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 SESSION_TTL = 2 * 3600.0
@@ -103,19 +102,5 @@ async def open_feed(
 ) -> str:
     """Bind to (or, with `create`, make) the region's feed stream; returns its name."""
     config = feed_config(subjects, region)
-    assert config.name is not None
-
-    async def attempt() -> str:
-        try:
-            await js.stream_info(config.name or "")
-        except NotFoundError:
-            if not create:
-                raise NotCreatedYet(config.name) from None
-            try:
-                await js.add_stream(config)
-            except BadRequestError as exc:
-                if exc.err_code != 10058:  # not "created meanwhile with another configuration"
-                    raise
-        return config.name or ""
-
-    return await _patiently(attempt, patience)
+    await buckets.open_stream(js, config, create=create, patience=patience)
+    return config.name or ""
