@@ -16,6 +16,7 @@ import httpx2
 import mcp_types as types
 import nats
 import psutil
+from fedmcp.edge.http import LOCAL_IDLE
 from fedmcp.shared.natsserver import free_port
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -60,6 +61,8 @@ class Extras:
     sessions_seconds: float = 0.0
     rss_before: int = 0
     rss_after: int = 0
+    rss_idle: int = 0
+    """After the sessions have been idle past the edge's local idle timeout (fedmcp.edge.http.LOCAL_IDLE)."""
     big: list[BigRead] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -214,6 +217,9 @@ async def idle_sessions(stack: Stack, count: int, out: Extras) -> None:
         out.sessions_opened = len(sessions)
         await anyio.sleep(3)  # let the edge settle
         out.rss_after = rss(edge.proc)
+        # Idle: past the edge's local idle timeout its copies go; the sessions live on as records.
+        await anyio.sleep(LOCAL_IDLE + 5)
+        out.rss_idle = rss(edge.proc)
         # Still held? Ping a sample of the sessions.
         sample = sessions[:: max(1, len(sessions) // 50)]
         alive = 0
