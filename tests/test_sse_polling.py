@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 from conftest import federation, python_server
+from fedmcp.edge import http as http_face
 from fedmcp.shared.natsserver import NatsServer
 from mcp import Client
 
@@ -38,7 +40,14 @@ def results(found: list[dict[str, str]], request_id: int) -> list[dict[str, Any]
     return [b for b in bodies if b.get("id") == request_id and "result" in b]
 
 
-async def test_a_long_call_is_closed_and_resumed_with_last_event_id(nats_server: NatsServer) -> None:
+@pytest.mark.parametrize("local_idle", [None, 0.5])
+async def test_a_long_call_is_closed_and_resumed_with_last_event_id(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch, local_idle: float | None
+) -> None:
+    """With `local_idle`, the edge's idle timeout for its copy of a session is shorter than the client's
+    wait before it resumes: the call still runs to its end (the session is held while it runs)."""
+    if local_idle is not None:
+        monkeypatch.setattr(http_face, "LOCAL_IDLE", local_idle)
     async with federation(nats_server.url, sse_poll_after=0.3) as fed:
         await fed.add_server("probe", python_server("probe_server.py"))
         async with httpx2.AsyncClient(timeout=20) as http:
@@ -71,6 +80,8 @@ async def test_a_long_call_is_closed_and_resumed_with_last_event_id(nats_server:
             assert posted[0].get("id") and not posted[0].get("data")
             assert int(posted[0]["retry"]) > 0
             assert results(posted, 2) == []
+            if local_idle is not None:
+                await anyio.sleep(int(posted[0]["retry"]) / 1000)  # a client waits the retry hint out
             resume = {**session, "Accept": "text/event-stream", "last-event-id": posted[-1]["id"]}
             async with http.stream("GET", fed.url, headers=resume) as response:
                 assert response.status_code == 200

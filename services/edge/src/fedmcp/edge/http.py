@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 RETRY_MS = 1000
 """SSE `retry` hint for handshake-era clients whose stream was closed for polling."""
-LOCAL_IDLE = 60.0
+LOCAL_IDLE = 5.0
 """Seconds without a request after which an edge drops its in-memory copy of a handshake-era session.
 The session lives on in the sessions bucket and the next request, on any edge, adopts it again: an idle
 session costs its record, not a transport and its tasks."""
@@ -71,6 +71,7 @@ def build_app(
         session_idle_timeout=LOCAL_IDLE,
     )
     federated.expire_session = sessions.expire
+    federated.hold_session = sessions.holding
     edge.http_sessions = sessions
     app = Starlette(
         routes=[

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -71,6 +71,11 @@ NO_CACHE = CacheHint(ttl_ms=0, scope="private")
 
 async def _nothing(session_id: str) -> None:
     return None
+
+
+@asynccontextmanager
+async def _no_hold(session_id: str) -> AsyncIterator[None]:
+    yield
 
 
 def _with_subscription(uri: str, subscribed: bool, record: SessionRecord) -> SessionRecord:
@@ -164,6 +169,8 @@ class FederatedServer:
         """The region's handshake-era HTTP sessions (None: sessions live only in this edge's memory)."""
         self.expire_session: Callable[[str], Awaitable[None]] = _nothing
         """Ends a front session on every edge (its id then answers 404); set by the HTTP face."""
+        self.hold_session: Callable[[str], AbstractAsyncContextManager[None]] = _no_hold
+        """Keeps this edge's copy of a session while a call of it runs with its stream closed; set by the HTTP face."""
         self.governance = governance or Governance()
         self.local_principal = local_principal
         """Who a stdio client is (the HTTP gate puts the authenticated principal in each request)."""
@@ -369,6 +376,8 @@ class FederatedServer:
             return
         after = self.sse_poll_after
 
+        session_id = connection_of(ctx.session).session_id
+
         async def later() -> None:
             await anyio.sleep(after)
             await close()
@@ -376,7 +385,11 @@ class FederatedServer:
         async with anyio.create_task_group() as tg:
             tg.start_soon(later)
             try:
-                yield
+                if session_id is None:
+                    yield
+                else:
+                    async with self.hold_session(session_id):
+                        yield
             finally:
                 tg.cancel_scope.cancel()
 

@@ -12,7 +12,9 @@ rather than from the transport, so a client that reconnects to another edge with
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -102,6 +104,25 @@ class FederatedSessionManager(StreamableHTTPSessionManager):
         await super()._handle_stateful_request(scope, receive, send)
         if scope["method"] == "DELETE" and record is not None and session_id not in self._server_instances:
             await self._end(session_id)
+
+    @asynccontextmanager
+    async def holding(self, session_id: str) -> AsyncIterator[None]:
+        """Keep this edge's copy of a session while a call of it runs with no HTTP request open (its
+        POST stream closed for SEP-1699 polling): the idle timeout would otherwise end the call.
+        The call counts as one of the transport's requests in flight, which suspend its countdown
+        (SDK 2.3 keeps that count private; tests/test_sse_polling.py fails if that changes)."""
+        transport = self._server_instances.get(session_id)
+        if transport is None or transport.idle_scope is None or not hasattr(transport, "_requests_in_flight"):
+            yield
+            return
+        transport._requests_in_flight += 1
+        transport.idle_scope.deadline = math.inf
+        try:
+            yield
+        finally:
+            transport._requests_in_flight -= 1
+            if not transport._requests_in_flight:
+                transport.idle_scope.deadline = anyio.current_time() + (self.session_idle_timeout or math.inf)
 
     async def expire(self, session_id: str) -> None:
         """End a session on every edge: its id answers 404 from now on, so the client re-initializes."""
