@@ -216,7 +216,7 @@ async def test_kill_9_of_the_holding_instance_expires_the_session(
         replicas.extend(start_adapter(nats_server.url, tmp_path / f"adapter{i}.log", p) for i, p in enumerate(ports))
         await fed.wait_for_server("counter", present=True)
         assert fed.edge is not None
-        with anyio.fail_after(20):
+        with anyio.fail_after(60):
             await fed.edge.view.wait_until(lambda table: len(table.servers["counter"].instances) >= 2)
         async with front(fed.url) as (client, sid):
             first, second = await bump(client), await bump(client)

@@ -119,7 +119,7 @@ class NotCreatedYet(Exception):
     """The bucket does not exist, and this service only binds to it (the manager creates it)."""
 
 
-async def _patiently(attempt: Callable[[], Awaitable[T]], patience: float) -> T:
+async def patiently(attempt: Callable[[], Awaitable[T]], patience: float) -> T:
     """A cluster that is still electing its JetStream or stream leader answers "no responders"
     for a few seconds: keep trying for `patience` seconds."""
     deadline = anyio.current_time() + patience
@@ -158,7 +158,7 @@ async def open_stream(
                     raise
             return await js.stream_info(name)
 
-    return await _patiently(attempt, patience)
+    return await patiently(attempt, patience)
 
 
 async def open_bucket(
@@ -187,7 +187,7 @@ async def open_bucket(
             await js.add_stream(_stream_config(bucket, history, region, max_age))
             return await js.key_value(bucket)
 
-    return await _patiently(attempt, patience)
+    return await patiently(attempt, patience)
 
 
 async def read_all(
@@ -229,7 +229,7 @@ async def read_all(
         finally:
             await sub.unsubscribe()
 
-    return await _patiently(attempt, patience)
+    return await patiently(attempt, patience)
 
 
 async def follow(start: Callable[[], Awaitable[Any]], handle: Callable[[Any], Awaitable[None]], what: str) -> None:

@@ -64,7 +64,7 @@ import anyio
 import msgspec
 import structlog
 from fedmcp.shared import buckets, headers
-from fedmcp.shared.buckets import LOCAL, NotCreatedYet, Region, _patiently, _stream_config
+from fedmcp.shared.buckets import LOCAL, NotCreatedYet, Region, _stream_config, patiently
 from fedmcp.shared.policy import DEFAULT_CONSENT_TTL
 from fedmcp.shared.subjects import Subjects, check_token
 from nats.aio.client import Client as NATS
@@ -518,4 +518,4 @@ async def _open_view(
             log.warning("grant view lacks regions", view=name, missing=[s.name for s in missing])
         return await js.key_value(name)
 
-    return await _patiently(attempt, patience)
+    return await patiently(attempt, patience)

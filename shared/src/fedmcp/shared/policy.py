@@ -392,7 +392,8 @@ class PolicyStore:
             js, subjects, buckets.POLICY, region, history=10, patience=patience, create=create
         )
         store = cls(kv)
-        await store.refresh()
+        # A bucket that was just created may have no stream leader yet: "no responders" for a moment.
+        await buckets.patiently(store.refresh, patience)
         return store
 
     def on_change(self, listener: PolicyListener) -> None:
