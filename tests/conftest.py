@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from fedmcp.edge.runtime import Edge, edge_runtime
 from fedmcp.manager.main import run_manager
 from fedmcp.shared import bus
 from fedmcp.shared.config import BackingServer
-from fedmcp.shared.natsserver import NatsServer
+from fedmcp.shared.natsserver import NatsServer, free_port
 from fedmcp.shared.ops_http import bind
 from procs import Proc
 
@@ -38,6 +38,18 @@ def demo_server(**kw: Any) -> BackingServer:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@contextmanager
+def http_server(script: str) -> Iterator[str]:
+    """A test server of tests/servers/ over Streamable HTTP on a free loopback port; its URL."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(SERVERS / script), "http", str(port)])
+    try:
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @pytest.fixture

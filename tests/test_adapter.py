@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Iterator
 
 import anyio
 import pytest
-from conftest import SERVERS, federation, python_server
+from conftest import federation, http_server, python_server
 from fedmcp.shared.config import BackingServer
-from fedmcp.shared.natsserver import NatsServer, free_port
+from fedmcp.shared.natsserver import NatsServer
 from mcp import Client
 
 pytestmark = pytest.mark.anyio
@@ -19,13 +18,8 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def http_probe() -> Iterator[str]:
     """probe_server.py over Streamable HTTP on a free loopback port."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(SERVERS / "probe_server.py"), "http", str(port)])
-    try:
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with http_server("probe_server.py") as url:
+        yield url
 
 
 async def test_configured_env_reaches_stdio_server_but_not_the_rest(

@@ -16,7 +16,7 @@ import anyio
 import httpx2
 import msgspec
 import pytest
-from conftest import SERVERS, federation, python_server
+from conftest import federation, http_server, python_server
 from fedmcp.shared import buckets, envelopes, jsonrpc
 from fedmcp.shared.config import BackingServer, load_toml
 from fedmcp.shared.natsserver import NatsServer, free_port
@@ -142,13 +142,8 @@ async def test_each_front_session_gets_its_own_backing_session(nats_server: Nats
 @pytest.fixture
 def http_counter() -> Iterator[str]:
     """counter.py over Streamable HTTP on a free loopback port."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(SERVERS / "counter.py"), "http", str(port)])
-    try:
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with http_server("counter.py") as url:
+        yield url
 
 
 async def test_an_http_backing_server_gives_each_front_session_its_own_mcp_session(

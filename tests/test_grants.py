@@ -14,7 +14,8 @@ import msgspec
 import pytest
 from fedmcp.shared import bus, headers
 from fedmcp.shared.buckets import LOCAL, Region
-from fedmcp.shared.grants import Grant, GrantStore, grant_key, parse_regions, token
+from fedmcp.shared.buckets import key_token as token
+from fedmcp.shared.grants import Grant, GrantStore, grant_key, parse_regions
 from fedmcp.shared.natsserver import NatsServer, free_port
 from fedmcp.shared.subjects import Subjects
 from netlink import Link

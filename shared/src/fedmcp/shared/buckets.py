@@ -65,17 +65,21 @@ SESSIONS = "sessions"
 the session, watched by every edge of the region (any of them serves any request of the session)."""
 
 
-def pin_key(session: str, server: str) -> str:
-    """The pins bucket's key of front session `session`'s pin for `server` (tokens outside
-    `[A-Za-z0-9_-]` as `=`+base32, as in the grants bucket)."""
-    return f"{_key_token(session)}.{_key_token(server)}"
-
-
-def _key_token(value: str) -> str:
-    if re.match(r"^[A-Za-z0-9_-]{1,64}$", value):
+def key_token(value: str) -> str:
+    """`value` as one subject-safe KV key token, injective: safe tokens never contain `=`; others are
+    `=`+base32 (or `=x`+a hash when long)."""
+    if _SAFE_TOKEN.match(value):
         return value
     encoded = base64.b32encode(value.encode()).decode().rstrip("=")
     return "=" + encoded if len(encoded) <= 100 else "=x" + hashlib.sha256(value.encode()).hexdigest()[:40]
+
+
+_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def pin_key(session: str, server: str) -> str:
+    """The pins bucket's key of front session `session`'s pin for `server`."""
+    return f"{key_token(session)}.{key_token(server)}"
 
 
 @dataclass(frozen=True)

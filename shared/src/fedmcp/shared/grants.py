@@ -49,11 +49,8 @@ during a partition serves the view's content and keeps retrying its watch.
 
 from __future__ import annotations
 
-import base64
 import builtins
-import hashlib
 import json
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -81,21 +78,11 @@ Scope = Literal["tool", "server"]
 Target = tuple[str, str, str | None]
 """(principal, server, tool); tool None: server-wide."""
 SERVER_WIDE = "*"
-_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _EPSILON = 1e-6
 
 
-def token(value: str) -> str:
-    """`value` as one subject-safe key token, injective: safe tokens never contain `=`."""
-    if _SAFE.match(value):
-        return value
-    encoded = base64.b32encode(value.encode()).decode().rstrip("=")
-    if len(encoded) <= 100:
-        return "=" + encoded
-    return "=x" + hashlib.sha256(value.encode()).hexdigest()[:40]
-
-
 def grant_key(principal: str, server: str, tool: str | None) -> str:
+    token = buckets.key_token
     return f"{token(principal)}.{token(server)}.{'=all' if tool is None else token(tool)}"
 
 
