@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     for noisy in ("httpx2", "httpx", "mcp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=state_dir()))
-    stack = Stack(work, cpuprof=args.profile_seconds > 0 and not args.quick)
+    stack = Stack(work, cpuprof=args.profile_seconds > 0)
     run = report.Run(setups=[], results={}, extras=None, quick=args.quick)
     run.params = {
         "rounds": str(args.rounds),

@@ -37,13 +37,17 @@ adapter that takes the request pulls the pieces from the request's reply subject
 CHUNK_INDEX = "Fedmcp-Chunk-Index"
 """On a `pull` frame: which piece of the upload is wanted."""
 REPLY_TO = "Fedmcp-Reply-To"
+"""On an answer to a server-to-client request: where the rest of the call's frames go now
+(a client's retry may reach another edge than the one that asked)."""
 IDENTITY = "Fedmcp-Identity"
+"""The caller, as an edge-signed assertion for the target server (shared/identity.py)."""
 EVENT_ID = "Fedmcp-Event-Id"
 """On an adapter's event (a resource update): unique per event, so the edges that all republish it
 into the session feed store it once."""
-"""The caller, as an edge-signed assertion for the target server (shared/identity.py)."""
-"""On an answer to a server-to-client request: where the rest of the call's frames go now
-(a client's retry may reach another edge than the one that asked)."""
+IDEMPOTENT = "Fedmcp-Idempotent"
+"""On a request safe to run twice (read-only or idempotent by its annotations): the adapter may answer
+with the result alone, without an `accept` first, when the result is quick (an edge that hears nothing
+before the accept-by time sends the request again, which only such a request may risk)."""
 
 
 class Kind:

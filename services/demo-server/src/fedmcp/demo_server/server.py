@@ -15,13 +15,17 @@ mcp = MCPServer("fedmcp-demo", version="0.1.0", instructions="Demo tools for try
 NOTES = {"welcome": "Welcome to fedmcp.", "federation": "Many MCP servers, one endpoint."}
 
 
-@mcp.tool()
+READ_ONLY = types.ToolAnnotations(read_only_hint=True)
+"""Both tools only compute: safe to run again, which lets the gateway retry and skip its accept."""
+
+
+@mcp.tool(annotations=READ_ONLY)
 def add(a: int, b: int) -> int:
     """Add two integers."""
     return a + b
 
 
-@mcp.tool()
+@mcp.tool(annotations=READ_ONLY)
 def echo(text: str) -> str:
     """Return the text unchanged."""
     return text

@@ -12,6 +12,7 @@ from fedmcp.edge.auth import LOOPBACK, Authenticator, AuthGate, principal_of, re
 from fedmcp.edge.consent_page import consent_routes
 from fedmcp.edge.consent_page import link as consent_link
 from fedmcp.edge.event_store import MemoryEventStore
+from fedmcp.edge.fastlane import FastLane
 from fedmcp.edge.guard import JsonRpcGuard, RequestGuard, sdk_security, transport_security
 from fedmcp.edge.legacy_sse import MESSAGES_PATH, SSE_PATH, legacy_sse_routes
 from fedmcp.edge.runtime import Edge
@@ -83,6 +84,7 @@ def build_app(
         ],
         lifespan=lambda app: sessions.run(),
     )
+    app.add_middleware(FastLane, path=path, federated=federated)  # innermost: behind every check
     governance = edge.federated.governance
     if public_url:
         governance.consent_page = partial(consent_link, edge.federated, public_url)

@@ -12,6 +12,7 @@ import importlib.metadata
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -92,8 +93,12 @@ def _version() -> str:
 
 def forward_params(ctx: ServerRequestContext[Any, Any]) -> Params:
     """The client's params for the next hop, without this hop's envelope."""
-    params: Params = _strip_reserved_meta(dict(ctx.params or {}))
-    return params
+    return forward_params_of(ctx.params)
+
+
+def forward_params_of(params: Any) -> Params:
+    forwarded: Params = _strip_reserved_meta(dict(params or {}))
+    return forwarded
 
 
 def _strip_reserved_meta(result: Any) -> Any:
@@ -110,9 +115,9 @@ def _strip_reserved_meta(result: Any) -> Any:
     return result
 
 
-def _complete(ctx: ServerRequestContext[Any, Any], result: Params) -> Params:
+def _complete(version: str, result: Params) -> Params:
     """2026-07-28 results must say their `resultType`; the SDK fills it only for typed results."""
-    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+    if version in MODERN_PROTOCOL_VERSIONS:
         result.setdefault("resultType", "complete")
     return result
 
@@ -121,17 +126,13 @@ def is_input_required(result: Any) -> bool:
     return isinstance(result, dict) and result.get("resultType") == INPUT_REQUIRED
 
 
-def client_can(caps: types.ClientCapabilities | None, method: str) -> bool:
-    """Whether a client declared what `method` (a server-to-client request) needs."""
-    if caps is None:
-        return False
-    if method == "sampling/createMessage":
-        return caps.sampling is not None
-    if method == "elicitation/create":
-        return caps.elicitation is not None
-    if method == "roots/list":
-        return caps.roots is not None
-    return False
+def client_can(caps: dict[str, Any], method: str) -> bool:
+    """Whether a client declared (in `client_capabilities` form) what `method`, a server-to-client
+    request, needs."""
+    needs = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}.get(
+        method
+    )
+    return needs is not None and caps.get(needs) is not None
 
 
 def client_capabilities(ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
@@ -149,6 +150,24 @@ def resource_not_found(ctx: ServerRequestContext[Any, Any], uri: str) -> MCPErro
     modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
     code = jsonrpc.INVALID_PARAMS if modern else jsonrpc.RESOURCE_NOT_FOUND_LEGACY
     return MCPError(code=code, message=f"Resource not found: {uri}", data={"uri": uri})
+
+
+@dataclass
+class Front:
+    """One front request as forwarding needs it: built from the SDK's request context (`ctx`), or
+    by the fast lane (fastlane.py) straight from a 2026-07-28 HTTP request, which has no back channel."""
+
+    version: str
+    principal: Principal
+    capabilities: dict[str, Any]
+    """What the client declared, for the backing hop (`client_capabilities`)."""
+    log_level: str | None = None
+    ctx: ServerRequestContext[Any, Any] | None = None
+    """The SDK's context: the back channel for progress, log messages and handshake-era asks."""
+
+    @property
+    def modern(self) -> bool:
+        return self.version in MODERN_PROTOCOL_VERSIONS
 
 
 class FederatedServer:
@@ -296,7 +315,7 @@ class FederatedServer:
             result["nextCursor"] = nxt
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
             result.update(self.view.table.cache.get(key, Freshness()).wire())
-        return _complete(ctx, result)
+        return _complete(ctx.protocol_version, result)
 
     async def list_tools(self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None) -> Any:
         return await self._list(ctx, params, "tools", self.view.table.tool_list)
@@ -337,9 +356,12 @@ class FederatedServer:
         self.legacy_clients.set_level(ctx.session, params.level)
         return {}
 
+    def _front(self, ctx: ServerRequestContext[Any, Any]) -> Front:
+        return Front(ctx.protocol_version, self.principal(ctx), client_capabilities(ctx), self._log_level(ctx), ctx)
+
     async def _forward(
         self,
-        ctx: ServerRequestContext[Any, Any],
+        front: Front,
         server: str,
         method: str,
         params: Params,
@@ -352,8 +374,8 @@ class FederatedServer:
         code: int | None = None
         metrics.EDGE_INFLIGHT.inc()
         try:
-            async with self._polling(ctx):
-                return await self._forward_measured(ctx, server, method, params, idempotent)
+            async with self._polling(front.ctx):
+                return await self._forward_measured(front, server, method, params, idempotent)
         except MCPError as exc:
             code = exc.error.code
             raise
@@ -364,14 +386,19 @@ class FederatedServer:
             )
 
     @asynccontextmanager
-    async def _polling(self, ctx: ServerRequestContext[Any, Any]) -> AsyncIterator[None]:
+    async def _polling(self, ctx: ServerRequestContext[Any, Any] | None) -> AsyncIterator[None]:
         """SEP-1699: a call still running after `sse_poll_after` seconds has its POST stream closed
         with a retry hint; the client comes back with `Last-Event-ID` and gets the rest from the
         event store. Frees connections on long calls (and through proxies that cut idle ones).
         The SDK offers the close only to resumable (2025-11-25) sessions; a 2026-07-28 stream
         close means cancel, so those are never closed."""
-        close = ctx.close_sse_stream
-        if self.sse_poll_after is None or close is None or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        close = ctx.close_sse_stream if ctx is not None else None
+        if (
+            ctx is None
+            or self.sse_poll_after is None
+            or close is None
+            or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+        ):
             yield
             return
         after = self.sse_poll_after
@@ -393,16 +420,16 @@ class FederatedServer:
             finally:
                 tg.cancel_scope.cancel()
 
-    async def _forward_measured(
-        self, ctx: ServerRequestContext[Any, Any], server: str, method: str, params: Params, idempotent: bool
-    ) -> Any:
-        session = ctx.session
-        modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
-        caller = self.principal(ctx)
+    async def _forward_measured(self, front: Front, server: str, method: str, params: Params, idempotent: bool) -> Any:
+        ctx = front.ctx
+        modern = front.modern
+        caller = front.principal
         principal = caller.id
 
         async def on_notify(note_method: str, note: dict[str, Any]) -> None:
             # Request-scoped: only ever to the client whose request produced it.
+            assert ctx is not None
+            session = ctx.session
             if note_method == "notifications/progress":
                 await session.report_progress(note.get("progress", 0), note.get("total"), note.get("message"))
             elif note_method == "notifications/message":
@@ -415,6 +442,7 @@ class FederatedServer:
         ) -> Any:
             """A handshake-era backing server asks the client something mid-call."""
             if not modern:
+                assert ctx is not None
                 try:
                     answer = await self._ask_client(ctx, req_method, req_params)
                 except MCPError as exc:
@@ -423,7 +451,7 @@ class FederatedServer:
                 else:
                     await self.upstream.answer(answer_to, jsonrpc.encode_result(req_id, answer))
                 return None
-            if not client_can(session.client_capabilities, req_method):
+            if not client_can(front.capabilities, req_method):
                 message = f"the client did not declare the capability for {req_method}"
                 await self.upstream.answer(answer_to, jsonrpc.encode_error(req_id, MISSING_CAPABILITY, message))
                 return None
@@ -441,14 +469,15 @@ class FederatedServer:
             server,
             method,
             idempotent=idempotent,
-            front_version=ctx.protocol_version,
-            log_level=self._log_level(ctx),
-            on_notify=on_notify,
+            front_version=front.version,
+            log_level=front.log_level,
+            on_notify=on_notify if ctx is not None else None,
             on_request=on_request,
-            capabilities=client_capabilities(ctx),
+            capabilities=front.capabilities,
             identity=self.governance.assertion(caller, server),
         )
-        front_session = self.pins.front_session(ctx, self.view.table.servers.get(server))
+        entry = self.view.table.servers.get(server)
+        front_session = self.pins.front_session(ctx, entry) if ctx is not None else None
         if front_session is not None:
             # A stateful server: this front session's own backing session, on the instance holding it.
             call = partial(self.pins.request, front_session, server, principal, call, expire=self.expire_session)
@@ -483,6 +512,7 @@ class FederatedServer:
             # A 2026-07-28 backing server asks through its result; a handshake-era client is
             # asked with real requests, and the backing call is retried with the answers.
             rounds += 1
+            assert ctx is not None
             responses = {
                 key: await self._ask_client(ctx, req.get("method", ""), req.get("params") or {})
                 for key, req in (result.get("inputRequests") or {}).items()
@@ -496,7 +526,7 @@ class FederatedServer:
             result["requestState"] = self.sealer.new(
                 server=server, principal=principal, backend_state=result.get("requestState")
             )
-        return _complete(ctx, _strip_reserved_meta(result))
+        return _complete(front.version, _strip_reserved_meta(result))
 
     async def _ask_client(self, ctx: ServerRequestContext[Any, Any], method: str, params: dict[str, Any]) -> Any:
         """Send a server-to-client request to a handshake-era client, on its request's stream."""
@@ -511,22 +541,30 @@ class FederatedServer:
 
     async def call_tool(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
         await self._remember(ctx)
+        front = self._front(ctx)
         route = self.view.table.tool_route(params.name)
         if route is None:
             raise MCPError(code=jsonrpc.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
-        principal = self.principal(ctx)
-        await self.governance.check_call(principal, route, params.name)
+        await self.governance.check_call(front.principal, route, params.name)
         forwarded = forward_params(ctx)
         forwarded["name"] = route.name
-        hints = self.view.table.tool_by_name.get(params.name, {}).get("annotations") or {}
-        if self.governance.needs_consent(principal, route, hints):
-            asked = await self._consent(ctx, principal, route, forwarded)
+        if self.governance.needs_consent(front.principal, route, self.tool_hints(params.name)):
+            asked = await self._consent(ctx, front.principal, route, forwarded)
             if asked is not None:
                 return asked
             forwarded = {k: v for k, v in forwarded.items() if k not in ("requestState", "inputResponses")}
-        await self.governance.record("allowed", principal, route)
+        return await self.forward_call(front, route, params.name, forwarded)
+
+    def tool_hints(self, exposed: str) -> dict[str, Any]:
+        """The annotations the catalog has for the tool named `exposed`."""
+        return self.view.table.tool_by_name.get(exposed, {}).get("annotations") or {}
+
+    async def forward_call(self, front: Front, route: Route, exposed: str, forwarded: Params) -> Any:
+        """A tools/call that policy and consent have let through: audited, then sent to its server."""
+        await self.governance.record("allowed", front.principal, route)
+        hints = self.tool_hints(exposed)
         idempotent = bool(hints.get("readOnlyHint") or hints.get("idempotentHint"))
-        return await self._forward(ctx, route.server, "tools/call", forwarded, idempotent=idempotent)
+        return await self._forward(front, route.server, "tools/call", forwarded, idempotent=idempotent)
 
     async def _consent(
         self, ctx: ServerRequestContext[Any, Any], principal: Principal, route: Route, params: Params
@@ -571,7 +609,7 @@ class FederatedServer:
             raise MCPError(code=jsonrpc.INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
         forwarded = forward_params(ctx)
         forwarded["name"] = route.name
-        return await self._forward(ctx, route.server, "prompts/get", forwarded, idempotent=True)
+        return await self._forward(self._front(ctx), route.server, "prompts/get", forwarded, idempotent=True)
 
     async def read_resource(self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams) -> Any:
         await self._remember(ctx)
@@ -579,7 +617,9 @@ class FederatedServer:
         route = self.view.table.route_uri(uri)
         if route is None or not self.governance.visible(self.principal(ctx), "resource", route):
             raise resource_not_found(ctx, uri)
-        return await self._forward(ctx, route.server, "resources/read", forward_params(ctx), idempotent=True)
+        return await self._forward(
+            self._front(ctx), route.server, "resources/read", forward_params(ctx), idempotent=True
+        )
 
     async def subscribe_resource(
         self, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
@@ -627,4 +667,4 @@ class FederatedServer:
             if route is None:
                 raise resource_not_found(ctx, uri)
         forwarded["ref"] = ref
-        return await self._forward(ctx, route.server, "completion/complete", forwarded, idempotent=True)
+        return await self._forward(self._front(ctx), route.server, "completion/complete", forwarded, idempotent=True)

@@ -222,6 +222,8 @@ class Upstream:
         hdrs = headers.base({headers.DEADLINE: headers.deadline_in(timeout), headers.FRONT_VERSION: front_version})
         if session is not None:
             hdrs[headers.SESSION] = session
+        if idempotent:
+            hdrs[headers.IDEMPOTENT] = "1"
         subject = self.subjects.rpc(server) if instance is None else self.subjects.rpc_pinned(server, instance)
         if identity is not None:
             hdrs[headers.IDENTITY] = identity

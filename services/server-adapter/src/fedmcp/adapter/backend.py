@@ -23,6 +23,7 @@ from fedmcp.adapter.connection import (
     BackendUnavailable,
     BackingConnection,
     CallHooks,
+    Result,
     Sink,
     raw_request,
 )
@@ -204,7 +205,7 @@ class Backend:
         front_version: str | None = None,
         capabilities: Mapping[str, Any] | None = None,
         connection: BackingConnection | None = None,
-    ) -> dict[str, Any]:
+    ) -> Result:
         """Send one request to the backing server and return its raw result; on `connection` (a front
         session's own, pinned.py) when given, else on a shared session.
 

@@ -26,9 +26,11 @@ from typing import Any
 import anyio
 import httpx2
 import mcp_types as types
+import msgspec
 import structlog
 from fedmcp.adapter import stdio_lines
-from fedmcp.adapter.envelope import HeaderMaps, send_modern
+from fedmcp.adapter.envelope import HeaderMaps, enveloped, send_modern
+from fedmcp.adapter.raw_lane import OPENED, RawLane
 from fedmcp.shared import chunks, jsonrpc, metrics
 from fedmcp.shared.config import BackingServer
 from mcp import Client, StdioServerParameters
@@ -66,6 +68,12 @@ class CallHooks:
     sink: Sink | None = None
     log_level: str | None = None
     ask: Asker | None = None
+
+
+RAW_METHODS = frozenset(("tools/call", "resources/read", "prompts/get"))
+"""Sent on a stdio server's raw lane (when no progress is asked for): their results go to the bus as they came."""
+Result = dict[str, Any] | msgspec.Raw
+"""A result as plain JSON, or as the server's own bytes when the raw lane carried it."""
 
 
 class BackendUnavailable(Exception):
@@ -115,6 +123,8 @@ class BackingConnection:
         self.restarts = 0
         self.state = "starting"
         self.in_flight: dict[int, CallHooks] = {}
+        self._lane: RawLane | None = None
+        """The current stdio child's raw lane (raw_lane.py); None for HTTP servers and between sessions."""
         self._ids = 0
         self._closing = False
         self.finished = anyio.Event()
@@ -195,6 +205,8 @@ class BackingConnection:
         # scope around only the client's __aenter__ would be exited while the client's
         # own task group is still open.)
         connected = False
+        lanes: list[RawLane] = []
+        opened = OPENED.set(lanes.append)
         with anyio.CancelScope(deadline=anyio.current_time() + self._connect_timeout) as scope:
             async with AsyncExitStack() as stack:
                 client = Client(
@@ -208,6 +220,7 @@ class BackingConnection:
                     list_roots_callback=self._on_list_roots,
                 )
                 await stack.enter_async_context(client)
+                OPENED.reset(opened)
                 if self.mode in MODERN_PROTOCOL_VERSIONS:
                     # A pinned version skips the probe; ask for the real capabilities anyway.
                     raw = await client.session.send_discover(self.mode)
@@ -222,6 +235,7 @@ class BackingConnection:
                 connected = True
                 metrics.POOL_SIZE.labels(self.name).inc()
                 self.client = client
+                self._lane = lanes[-1] if lanes else None
                 self.state = "ready"
                 self._ready.set()
                 log.info("backing server connected", server=self.name, protocol_version=client.protocol_version)
@@ -232,7 +246,9 @@ class BackingConnection:
                     if self._on_session is not None:
                         tg.start_soon(self._on_session, client)
                     await self._lost.wait()
+                    self._lane = None
                     tg.cancel_scope.cancel()
+        self._lane = None
         if connected:
             metrics.POOL_SIZE.labels(self.name).dec()
         if scope.cancelled_caught and not connected:
@@ -349,7 +365,7 @@ class BackingConnection:
         progress: ProgressFnT | None,
         capabilities: Mapping[str, Any] | None,
         maps: HeaderMaps,
-    ) -> dict[str, Any]:
+    ) -> Result:
         """One request on this session; MCPError for the server's errors, BackendUnavailable when down."""
         client = self.client
         if client is None:
@@ -361,7 +377,14 @@ class BackingConnection:
         self._ids += 1
         call_id = self._ids
         self.in_flight[call_id] = hooks
+        lane = self._lane if client is self.client and progress is None and method in RAW_METHODS else None
         try:
+            if lane is not None:
+                version = client.protocol_version
+                if version in MODERN_PROTOCOL_VERSIONS:
+                    log_level = hooks.log_level if hooks.sink is not None else None
+                    params = enveloped(version, params, capabilities or {}, log_level)
+                return await lane.request(method, params, timeout=timeout)
             if client.protocol_version in MODERN_PROTOCOL_VERSIONS and capabilities is not None:
                 return await send_modern(
                     client,

@@ -44,6 +44,21 @@ def header_maps(tools: list[dict[str, Any]]) -> HeaderMaps:
     return maps
 
 
+def enveloped(
+    version: str, params: dict[str, Any] | None, capabilities: Mapping[str, Any], log_level: str | None
+) -> dict[str, Any]:
+    """`params` with this hop's 2026-07-28 envelope in `_meta`."""
+    body: dict[str, Any] = dict(params or {})
+    meta: dict[str, Any] = dict(body.get("_meta") or {})
+    meta[PROTOCOL_VERSION_META_KEY] = version
+    meta[CLIENT_INFO_META_KEY] = ADAPTER_INFO
+    meta[CLIENT_CAPABILITIES_META_KEY] = dict(capabilities)
+    if log_level is not None:
+        meta[LOG_LEVEL_META_KEY] = log_level
+    body["_meta"] = meta
+    return body
+
+
 async def send_modern(
     client: Client,
     method: str,
@@ -56,14 +71,7 @@ async def send_modern(
     maps: HeaderMaps,
 ) -> dict[str, Any]:
     version = client.protocol_version
-    body: dict[str, Any] = dict(params or {})
-    meta: dict[str, Any] = dict(body.get("_meta") or {})
-    meta[PROTOCOL_VERSION_META_KEY] = version
-    meta[CLIENT_INFO_META_KEY] = ADAPTER_INFO
-    meta[CLIENT_CAPABILITIES_META_KEY] = dict(capabilities)
-    if log_level is not None:
-        meta[LOG_LEVEL_META_KEY] = log_level
-    body["_meta"] = meta
+    body = enveloped(version, params, capabilities, log_level)
     headers = {MCP_PROTOCOL_VERSION_HEADER: version, MCP_METHOD_HEADER: method}
     name_key = NAME_BEARING_METHODS.get(method)
     name = body.get(name_key) if name_key else None

@@ -2,12 +2,17 @@
 
 Flow of one request (see docs/architecture.md):
   edge publishes JSON-RPC bytes on `rpc.<server>` with a reply subject ->
-  any adapter of the queue group picks it up -> answers `accept` at once ->
-  forwards to the backing server -> publishes the JSON-RPC response.
+  any adapter of the queue group picks it up -> forwards it to the backing
+  server -> publishes the JSON-RPC response. It answers `accept` before the
+  call reaches the backing server, so that a crash leaves the edge knowing
+  the call may have run; a call the edge marked safe to run twice is instead
+  accepted only if it is still running after ACCEPT_DELAY (or is about to send
+  anything else), and a quick one costs one message: its result.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -54,12 +59,20 @@ SERVED_METHODS = frozenset(
 )
 
 
+ACCEPT_DELAY = 0.02
+"""Seconds a call may run before its `accept` goes out (at most half of what is left of its accept-by time)."""
+
+
 @dataclass
 class _Call:
     """One call being served; its reply subject moves when a client's retry lands on another edge."""
 
     reply: str | None
     deadline: float
+    accepted: bool = False
+    """Whether the edge has been told (or is about to be) that this instance runs the call."""
+    timer: asyncio.TimerHandle | None = None
+    """The pending accept."""
 
 
 class _SessionGone(Exception):
@@ -299,31 +312,66 @@ class Adapter:
             if pin is None:  # at max_sessions: another replica may have room
                 await self._reply(msg.reply, headers.Kind.BUSY)
                 return
-        await self._reply(msg.reply, headers.Kind.ACCEPT)
+        call = _Call(reply=msg.reply, deadline=anyio.current_time() + left)
+        hdrs = msg.headers or {}
+        if hdrs.get(headers.IDEMPOTENT) and not session and headers.UPLOAD not in hdrs:
+            # (A pin is learnt from the accept, and an upload may outlast the accept-by time.)
+            self._accept_later(call, headers.remaining(hdrs, 1.0, name=headers.ACCEPT_BY))
+        else:
+            await self._accept(call)
         try:
             data = await self._body(msg, left)
         except MCPError as exc:
+            self._settle(call)
             await self._fail(msg, None, exc.error.code, exc.error.message)
             return
         try:
             request = jsonrpc.decode_request(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._settle(call)
             await self._fail(msg, None, jsonrpc.INVALID_REQUEST, str(exc))
             return
         if request.method not in SERVED_METHODS:
+            self._settle(call)
             await self._fail(msg, request.id, jsonrpc.METHOD_NOT_FOUND, f"method {request.method!r} is not served")
             return
         if "_meta" in (request.params or {}) and not isinstance((request.params or {})["_meta"], dict):
             # The SDK writes into `_meta` when it sends the request on: anything but an object breaks it.
+            self._settle(call)
             await self._fail(msg, request.id, jsonrpc.INVALID_PARAMS, 'the "_meta" member of params must be an object')
             return
-        call = _Call(reply=msg.reply, deadline=anyio.current_time() + left)
         try:
             body = await self._forward(request, call, msg.headers or {}, pin, first=not on_pinned_subject)
         except _SessionGone:
+            await self._accept(call)
             await self._reply(call.reply, headers.Kind.GONE)
             return
+        self._settle(call)
         await self._reply(call.reply, headers.Kind.RESULT, body)
+
+    async def _accept(self, call: _Call) -> None:
+        """Tell the edge this instance runs the call, before any frame of it but the result."""
+        self._settle(call, accepted=False)
+        if not call.accepted:
+            call.accepted = True
+            await self._reply(call.reply, headers.Kind.ACCEPT)
+
+    def _accept_later(self, call: _Call, accept_by_left: float) -> None:
+        def accept_now() -> None:
+            call.timer = None
+            if not call.accepted and self._tg is not None:
+                call.accepted = True
+                self._tg.start_soon(self._reply, call.reply, headers.Kind.ACCEPT)
+
+        # A timer, not a task per call: most calls end first and cancel it. (nats-py runs on asyncio.)
+        call.timer = asyncio.get_running_loop().call_later(min(ACCEPT_DELAY, accept_by_left / 2), accept_now)
+
+    def _settle(self, call: _Call, *, accepted: bool = True) -> None:
+        """No accept pending any more; `accepted`: the result about to go says it."""
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
+        call.accepted = call.accepted or accepted
 
     async def _fail(self, msg: Msg, request_id: jsonrpc.RequestId | None, code: int, message: str) -> None:
         await self._reply(msg.reply, headers.Kind.RESULT, jsonrpc.encode_error(request_id, code, message))
@@ -388,6 +436,7 @@ class Adapter:
         left = call.deadline - anyio.current_time()
 
         async def sink(method: str, params: dict[str, Any]) -> None:
+            await self._accept(call)
             await self._reply(call.reply, headers.Kind.NOTIFY, jsonrpc.encode_notification(method, params))
 
         async def ask(method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -395,6 +444,7 @@ class Adapter:
             to the edge that answers (a 2026-07-28 client retries on any edge)."""
             if call.reply is None:
                 raise MCPError(code=jsonrpc.INTERNAL_ERROR, message="the call has no reply subject")
+            await self._accept(call)
             self._asks += 1
             answer = await self.nc.request(
                 call.reply,
@@ -411,7 +461,7 @@ class Adapter:
         try:
             if request.method in ("resources/subscribe", "resources/unsubscribe"):
                 uri = str((request.params or {}).get("uri", ""))
-                result: dict[str, Any] = await self.backend.subscribe(
+                result: Any = await self.backend.subscribe(
                     uri, unsubscribe=request.method.endswith("unsubscribe"), wait_ready=min(left, self.restart_wait)
                 )
                 return jsonrpc.encode_result(rid, result), None

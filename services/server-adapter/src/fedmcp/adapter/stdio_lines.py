@@ -5,7 +5,8 @@ The SDK's stdio client (mcp 2.3, `mcp/client/stdio.py:stdout_reader`) rebuilds
 that arrives in n reads is copied n times: a 50 MB result took 25 s and one CPU.
 `install()` hands that reader whole lines instead (whatever a read brings, held
 back until it holds a line end), so its buffer stays short and each byte is
-copied a bounded number of times. Messages are unchanged; only read sizes differ.
+copied a bounded number of times. Messages are unchanged; only read sizes differ,
+except the lines answering the process's raw lane (raw_lane.py), which are taken out.
 """
 
 from __future__ import annotations
@@ -15,20 +16,32 @@ from typing import Any
 import mcp.client.stdio as sdk_stdio
 from anyio import EndOfStream
 from anyio.abc import ByteReceiveStream
+from fedmcp.adapter.raw_lane import OPENED, RawLane
 
 READ_SIZE = 65536
 
 
 class WholeLines(ByteReceiveStream):
-    def __init__(self, inner: ByteReceiveStream) -> None:
+    def __init__(self, inner: ByteReceiveStream, lane: RawLane | None = None) -> None:
         self.inner = inner
+        self.lane = lane
         self._held = bytearray()
 
     async def receive(self, max_bytes: int = READ_SIZE) -> bytes:
         while True:
+            lines = await self._lines(max_bytes)
+            if self.lane is not None:
+                lines = self.lane.take(lines)
+            if lines:
+                return lines
+
+    async def _lines(self, max_bytes: int) -> bytes:
+        while True:
             try:
                 chunk = await self.inner.receive(max(max_bytes, READ_SIZE))
             except EndOfStream:
+                if self.lane is not None:
+                    self.lane.close()
                 if self._held:
                     return self._take()
                 raise
@@ -49,11 +62,16 @@ class WholeLines(ByteReceiveStream):
 
 
 class _Process:
-    """The SDK's process handle with stdout read in whole lines; everything else as it was."""
+    """The SDK's process handle with stdout read in whole lines, and a raw lane on its pipes;
+    everything else as it was."""
 
     def __init__(self, process: Any) -> None:
         self._process = process
-        self.stdout = WholeLines(process.stdout) if process.stdout is not None else None
+        self.lane = RawLane(process.stdin) if process.stdin is not None else None
+        self.stdout = WholeLines(process.stdout, self.lane) if process.stdout is not None else None
+        opened = OPENED.get()
+        if opened is not None and self.lane is not None:
+            opened(self.lane)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._process, name)

@@ -1,0 +1,298 @@
+"""The hot path: a plain 2026-07-28 `tools/call` over Streamable HTTP, served without the SDK's server.
+
+Most traffic through a gateway is tool calls, and in the stateless era each one
+is a self-contained POST. For those the SDK's machinery (the session manager,
+the modern transport with its per-request task group, the server runner, its
+pydantic request context) costs more CPU than the bus hop itself. This ASGI
+layer sits innermost, behind the guards and the authentication gate, and takes
+a request only when it is the common case: one `tools/call` whose headers and
+envelope agree, with no progress token, no log level, no `requestState` and no
+`Mcp-Param-*` headers, for a tool the caller may use without consent. Anything
+else, including every malformed request, goes on to the SDK unchanged, so its
+answers (codes, HTTP statuses, messages) stay the SDK's.
+
+What it does is what the SDK path does for such a request: the same envelope
+validation (the SDK's own validator), the same SERVER span, the same forwarding
+code (`FederatedServer.forward_call`: audit, metrics, delivery), the same result
+shaping (the SDK's result serializer, `resultType`, the `serverInfo` stamp), a
+JSON answer, or an SSE stream with keepalive pings once a call runs past the
+SDK's deferral window, and closing the connection cancels the call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import msgspec
+from fedmcp.edge.auth import SCOPE_KEY
+from fedmcp.edge.guard import MESSAGE_KEY
+from fedmcp.edge.server import FederatedServer, Front, forward_params_of
+from fedmcp.shared.policy import Principal
+from mcp.server.runner import modern_error_data
+from mcp.shared._otel import extract_trace_context
+from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import (
+    ERROR_CODE_HTTP_STATUS,
+    MCP_METHOD_HEADER,
+    MCP_NAME_HEADER,
+    MCP_PROTOCOL_VERSION_HEADER,
+    decode_header_value,
+    find_invalid_x_mcp_header,
+    x_mcp_header_map,
+)
+from mcp_types import (
+    CLIENT_CAPABILITIES_META_KEY,
+    CORE_RESULT_TYPES,
+    INTERNAL_ERROR,
+    LOG_LEVEL_META_KEY,
+    PROTOCOL_VERSION_META_KEY,
+    SERVER_INFO_META_KEY,
+)
+from mcp_types import methods as sdk_methods
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+METHOD = "tools/call"
+PING_INTERVAL = 15.0
+"""Seconds of a silent call before the answer commits to SSE and pings (the SDK's deferral window)."""
+SIMPLE_PARAMS = frozenset(("name", "arguments", "_meta"))
+SESSION_HEADER = b"mcp-session-id"
+ROUTING_HEADERS = frozenset(
+    h.lower().encode() for h in (MCP_PROTOCOL_VERSION_HEADER, MCP_METHOD_HEADER, MCP_NAME_HEADER)
+)
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"connection", b"keep-alive"),
+    (b"x-accel-buffering", b"no"),
+]
+_encoder = msgspec.json.Encoder()
+_tracer = trace.get_tracer("mcp-python-sdk")  # the SDK's own SERVER span, as the slow path makes it
+
+
+class _Plan(msgspec.Struct):
+    request_id: str | int
+    version: str
+    name: str
+    arguments_given: bool
+    meta: dict[str, Any]
+    params: dict[str, Any]
+
+
+def _accepts(value: str) -> bool:
+    """JSON and SSE both acceptable, as the SDK's SSE-mode endpoint requires (wildcards: SDK path)."""
+    types = [part.split(";")[0].strip().lower() for part in value.split(",")]
+    return "application/json" in types and "text/event-stream" in types
+
+
+class FastLane:
+    def __init__(self, app: ASGIApp, *, path: str, federated: FederatedServer) -> None:
+        self.app = app
+        self.path = path.rstrip("/")
+        self.federated = federated
+        self._header_maps: dict[int, bool] = {}
+        """id(inputSchema) -> whether that schema mirrors arguments into Mcp-Param-* headers."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        plan = self._plan(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if plan is None:
+            await self.app(scope, receive, send)
+            return
+        await self._serve(plan, scope, receive, send)
+
+    # -- is this the common case? -------------------------------------------------------------
+    def _plan(self, scope: Scope) -> _Plan | None:
+        message = scope.get(MESSAGE_KEY)
+        if not isinstance(message, dict) or message.get("method") != METHOD or scope["path"].rstrip("/") != self.path:
+            return None
+        version = content_type = accept = method = name_header = None
+        seen: set[bytes] = set()
+        for key, value in scope["headers"]:
+            if key in ROUTING_HEADERS:
+                if key in seen:
+                    return None  # duplicated routing header: the SDK answers that
+                seen.add(key)
+            if key == b"mcp-protocol-version":
+                version = value.decode("latin-1")
+            elif key == b"content-type":
+                content_type = value.decode("latin-1")
+            elif key == b"accept":
+                accept = value.decode("latin-1")
+            elif key == b"mcp-method":
+                method = value.decode("latin-1")
+            elif key == b"mcp-name":
+                name_header = value.decode("latin-1")
+            elif key == SESSION_HEADER or key.startswith(b"mcp-param-"):
+                return None
+        if version not in MODERN_PROTOCOL_VERSIONS or method != METHOD or accept is None or not _accepts(accept):
+            return None
+        if content_type is None or not content_type.lower().startswith("application/json"):
+            return None
+        request_id = message.get("id")
+        params = message.get("params")
+        if not isinstance(request_id, str | int) or isinstance(request_id, bool) or not isinstance(params, dict):
+            return None
+        if not SIMPLE_PARAMS.issuperset(params):
+            return None
+        name = params.get("name")
+        meta = params.get("_meta")
+        arguments = params.get("arguments")
+        if not isinstance(name, str) or not isinstance(meta, dict) or not isinstance(arguments, dict | None):
+            return None
+        if meta.get(PROTOCOL_VERSION_META_KEY) != version or "progressToken" in meta or LOG_LEVEL_META_KEY in meta:
+            return None
+        if not isinstance(meta.get(CLIENT_CAPABILITIES_META_KEY), dict) or name_header is None:
+            return None
+        try:
+            if decode_header_value(name_header) != name:
+                return None
+            sdk_methods.validate_client_request(METHOD, version, params)
+        except (ValidationError, ValueError, KeyError):
+            return None
+        return _Plan(request_id, version, name, arguments is not None, meta, params)
+
+    def _mirrors_headers(self, name: str) -> bool:
+        """Whether the tool declares arguments mirrored into headers (then the SDK checks them)."""
+        tool = self.federated.view.table.tool_by_name.get(name) or {}
+        schema = tool.get("inputSchema")
+        if not isinstance(schema, dict):
+            return False
+        known = self._header_maps.get(id(schema))
+        if known is None:
+            if len(self._header_maps) > 4096:
+                self._header_maps.clear()
+            known = find_invalid_x_mcp_header(schema) is not None or bool(x_mcp_header_map(schema))
+            self._header_maps[id(schema)] = known
+        return known
+
+    # -- serving ------------------------------------------------------------------------------
+    async def _serve(self, plan: _Plan, scope: Scope, receive: Receive, send: Send) -> None:
+        federated = self.federated
+        found = scope.get(SCOPE_KEY)
+        principal = found if isinstance(found, Principal) else federated.local_principal
+        route = federated.view.table.tool_route(plan.name)
+        governance = federated.governance
+        policy = governance.current
+        entry = federated.view.table.servers.get(route.server) if route is not None else None
+        if (
+            route is None
+            or entry is None
+            or entry.settings.affinity == "session"
+            or not governance.visible(principal, "tool", route)
+            or (policy is not None and policy.missing_scopes(principal, "tool", route.server, route.name))
+            or governance.needs_consent(principal, route, federated.tool_hints(plan.name))
+            or (plan.arguments_given and self._mirrors_headers(plan.name))
+        ):
+            await self.app(scope, receive, send)  # refusals, consent and header checks: the SDK path
+            return
+        front = Front(plan.version, principal, plan.meta[CLIENT_CAPABILITIES_META_KEY])
+        forwarded = forward_params_of(plan.params)
+        forwarded["name"] = route.name
+        attributes: dict[str, Any] = {
+            "mcp.method.name": METHOD,
+            "mcp.protocol.version": plan.version,
+            "jsonrpc.request.id": str(plan.request_id),
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": plan.name,
+            "network.transport": "tcp",
+        }
+        answer = _Answer(send)
+        with _tracer.start_as_current_span(
+            f"{METHOD} {plan.name}",
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+            context=extract_trace_context(plan.meta),
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(answer.keep_alive, receive, tg.cancel_scope)
+                try:
+                    result = await federated.forward_call(front, route, plan.name, forwarded)
+                    body = self._shape(plan.version, result)
+                except MCPError as exc:
+                    code = str(exc.error.code)
+                    span.set_attributes({"error.type": code, "rpc.response.status_code": code})
+                    span.set_status(StatusCode.ERROR, exc.error.message)
+                    await answer.error(plan.request_id, exc)
+                except Exception as exc:
+                    span.set_attribute("error.type", type(exc).__qualname__)
+                    span.record_exception(exc)
+                    span.set_status(StatusCode.ERROR, str(exc))
+                    await answer.error(plan.request_id, exc)
+                else:
+                    if body.get("isError") is True:
+                        span.set_attribute("error.type", "tool_error")
+                        span.set_status(StatusCode.ERROR)
+                    await answer.result(plan.request_id, body)
+                tg.cancel_scope.cancel()
+
+    def _shape(self, version: str, result: Any) -> dict[str, Any]:
+        """The result on the wire, as the SDK's runner shapes a handler's (`ServerRunner._serialize`)."""
+        dumped: dict[str, Any] = dict(result) if isinstance(result, dict) else {}
+        result_type = dumped.get("resultType")
+        if not isinstance(result_type, str) or result_type in CORE_RESULT_TYPES:
+            try:
+                dumped = sdk_methods.serialize_server_result(METHOD, version, dumped)
+            except ValidationError:
+                raise MCPError(code=INTERNAL_ERROR, message="Handler returned an invalid result") from None
+        if dumped.get("resultType") is None:
+            dumped["resultType"] = "complete"
+        meta = dumped.get("_meta")
+        stamp = self.federated.server.server_info_stamp
+        if meta is None:
+            dumped["_meta"] = {SERVER_INFO_META_KEY: stamp}
+        elif isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None:
+            dumped["_meta"] = {**meta, SERVER_INFO_META_KEY: stamp}
+        return dumped
+
+
+class _Answer:
+    """One response: JSON when the call ends within the deferral window, else SSE with pings."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.streaming = False
+        self.lock = anyio.Lock()
+
+    async def keep_alive(self, receive: Receive, call: anyio.CancelScope) -> None:
+        """Watch for the client going away (which cancels the call) and ping a long call's stream."""
+        while True:
+            message: Message | None = None
+            with anyio.move_on_after(PING_INTERVAL):
+                message = await receive()
+            if message is None:
+                async with self.lock:
+                    if not self.streaming:
+                        self.streaming = True
+                        await self.send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+                    await self.send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
+            elif message["type"] == "http.disconnect":
+                call.cancel()
+                return
+
+    async def result(self, request_id: str | int, result: dict[str, Any]) -> None:
+        await self._write(200, _encoder.encode({"jsonrpc": "2.0", "id": request_id, "result": result}))
+
+    async def error(self, request_id: str | int, exc: Exception) -> None:
+        error = modern_error_data(exc)
+        body: dict[str, Any] = {"code": error.code, "message": error.message}
+        if error.data is not None:
+            body["data"] = error.data
+        status = ERROR_CODE_HTTP_STATUS.get(error.code, 200)
+        await self._write(status, _encoder.encode({"jsonrpc": "2.0", "id": request_id, "error": body}))
+
+    async def _write(self, status: int, payload: bytes) -> None:
+        async with self.lock:
+            if self.streaming:
+                frame = b"event: message\r\ndata: " + payload + b"\r\n\r\n"
+                await self.send({"type": "http.response.body", "body": frame, "more_body": False})
+                return
+            headers = [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
+            await self.send({"type": "http.response.start", "status": status, "headers": headers})
+            await self.send({"type": "http.response.body", "body": payload, "more_body": False})
