@@ -16,10 +16,11 @@ import anyio
 import pytest
 from anyio.abc import Process
 from fedmcp.shared import bus
-from fedmcp.shared.audit import KINDS, Audit, AuditEvent, decode
+from fedmcp.shared.audit import BATCH_MAX, KINDS, Audit, AuditEvent, decode, decode_all
 from fedmcp.shared.natsserver import NatsServer
 from fedmcp.shared.subjects import Subjects
 from nats.aio.client import Client as NATS
+from nats.js.api import DeliverPolicy
 from opentelemetry.sdk.trace import TracerProvider
 from procs import fedmcp
 from prometheus_client import REGISTRY
@@ -119,6 +120,35 @@ async def test_arguments_kept_when_configured_and_no_trace_outside_a_span(nats_s
         assert first.trace_id == ""
         assert second.arguments == {"text": "a secret"}
         assert second.trace_id == "0af7651916cd43dd8448eb211c80319c"
+
+
+async def test_allowed_calls_are_stored_in_batches_in_the_order_decided(nats_server: NatsServer) -> None:
+    async with connected(nats_server.url) as nc:
+        audit = Audit(nc, SUBJECTS, "local", edge="edge-1")
+        await audit.start()
+        for i in range(5):
+            await audit.record(decision("allowed", reason=f"call {i}"))
+        await audit.record(decision("denied"))  # sends the batch before it
+        for i in range(5, 5 + BATCH_MAX + 1):  # a full batch goes at once, the rest waits
+            await audit.record(decision("allowed", reason=f"call {i}"))
+        assert await audit.flush()
+        messages = await stored(nc)
+        assert [len(decode_all(m.data)) for m in messages] == [5, 1, BATCH_MAX, 1]
+        events = [e for m in messages for e in decode_all(m.data)]
+        calls = [f"call {i}" for i in range(5 + BATCH_MAX + 1)]
+        assert [e.reason for e in events] == [*calls[:5], "because denied", *calls[5:]]
+        assert [m.headers["Nats-Msg-Id"] for m in messages] == [decode_all(m.data)[0].id for m in messages]
+        assert [m.subject.rsplit(".", 1)[1] for m in messages] == ["allowed", "denied", "allowed", "allowed"]
+        assert len({e.id for e in events}) == len(events)
+
+        # Without a flush, a batch goes once it has waited its linger time.
+        js = nc.jetstream()
+        sub = await js.subscribe(
+            SUBJECTS.audit("local", "allowed"), ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
+        )
+        await audit.record(decision("allowed", reason="alone"))
+        msg = await sub.next_msg(timeout=5)
+        assert [e.reason for e in decode_all(msg.data)] == ["alone"]
 
 
 async def test_record_never_raises_nor_waits_and_counts_what_is_lost(nats_server: NatsServer) -> None:

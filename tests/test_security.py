@@ -103,7 +103,7 @@ async def audit_events(nats_url: str) -> list[audit.AuditEvent]:
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             msg = await js.get_msg(stream, seq)
             assert msg.data is not None
-            events.append(audit.decode(msg.data))
+            events.extend(audit.decode_all(msg.data))
         return events
     finally:
         await nc.close()

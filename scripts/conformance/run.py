@@ -35,6 +35,8 @@ W = ROOT / ".conformance"
 NODE = W / "node22" / "node_modules" / ".bin" / "node"
 PE = W / "py-everything"
 VENV_PY = ROOT / ".venv" / "bin" / "python"
+EVERYTHING_PY = PE / "venv" / "bin" / "python"
+"""The everything-server's own environment (setup.sh): uvicorn with its default parser, as people run it."""
 STDIO_ARGS = ["-c", "from mcp_everything_server.server import mcp; mcp.run('stdio')"]
 BACKINGS = ("stdio", "http")
 
@@ -227,7 +229,7 @@ def federation_toml(
             # The everything-server is dual-era and its legacy-only tools (mid-call sampling,
             # elicitation) need a handshake-era session: give each client era its own process.
             "era_companion = true",
-            f"command = {json.dumps(str(VENV_PY))}",
+            f"command = {json.dumps(str(EVERYTHING_PY))}",
             f"args = {json.dumps(STDIO_ARGS)}",
             f"cwd = {json.dumps(str(PE))}",
         ]
@@ -238,7 +240,7 @@ def federation_toml(
 
 def start_everything(procs: Procs, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    p = procs.start([str(VENV_PY), "-m", "mcp_everything_server", "--port", str(port)], log, cwd=PE)
+    p = procs.start([str(EVERYTHING_PY), "-m", "mcp_everything_server", "--port", str(port)], log, cwd=PE)
     return p, f"http://127.0.0.1:{port}/mcp"
 
 

@@ -70,12 +70,22 @@ if [[ ! -f "$PE/.done-$MCP_VERSION" ]]; then
   touch "$PE/.done-$MCP_VERSION"
 fi
 
-# 4. Check the everything-server imports with the project venv (no extra deps expected)
-if [[ -x "$VENV_PY" ]]; then
-  (cd "$PE" && "$VENV_PY" -c "import mcp_everything_server.server" ) \
-    || { log "everything-server does not import with $VENV_PY (missing deps?)"; exit 1; }
-else
+# 4. The everything-server's own venv: the project's locked packages, but uvicorn's default HTTP
+#    parser (h11), as a server installed from PyPI gets. (The edge uses httptools, which keeps the
+#    whitespace around header values that h11 strips; the edge strips it itself, the SDK's server
+#    does not, and the baseline must be the SDK's server as people run it.)
+EV="$PE/venv"
+if [[ ! -x "$VENV_PY" ]]; then
   log "warning: $VENV_PY missing; run 'uv sync' first"
+elif [[ ! -f "$EV/.done-$(sha1sum "$ROOT/uv.lock" | cut -c1-12)" ]]; then
+  log "making the everything-server's venv at $EV"
+  rm -rf "$EV"
+  uv venv -q --python "$VENV_PY" "$EV"
+  (cd "$ROOT" && uv export -q --frozen --no-hashes --no-emit-workspace --no-dev) | grep -v '^httptools' > "$PE/requirements.txt"
+  uv pip install -q --python "$EV/bin/python" -r "$PE/requirements.txt"
+  (cd "$PE" && "$EV/bin/python" -c "import mcp_everything_server.server") \
+    || { log "everything-server does not import in $EV"; exit 1; }
+  touch "$EV/.done-$(sha1sum "$ROOT/uv.lock" | cut -c1-12)"
 fi
 
 grep -qxF '.conformance/' "$ROOT/.gitignore" 2>/dev/null || echo '.conformance/' >> "$ROOT/.gitignore"

@@ -8,6 +8,12 @@ in `Nats-Msg-Id`, so a retried record is stored once (within the stream's duplic
 for JetStream's ack (a bounded number of acks may be outstanding), and every event that is not
 stored is counted in `fedmcp_audit_failures_total{reason}` instead of raising.
 
+`allowed` events, one per tool call, are stored in batches: a message holds the events recorded
+within BATCH_LINGER of its first (at most BATCH_MAX), one JSON object per line, so a busy edge
+costs the stream a write per batch rather than per call. Any other event first sends the batch
+waiting, so the stream keeps the order of the decisions. A message's `Nats-Msg-Id` is its first
+event's id; read messages with `decode_all`.
+
     audit = Audit(nc, Subjects(prefix), region, edge=instance_id)
     await audit.start()                      # create or bind the stream (once, at startup)
     await audit.record(AuditEvent(kind="denied", principal=..., server=..., tool=..., reason=...))
@@ -50,6 +56,11 @@ DUPLICATE_WINDOW = 120.0
 """Seconds within which JetStream stores an event id once."""
 MAX_AGE = 90 * 86400.0
 """Default retention of a region's audit stream, in seconds."""
+BATCHED: frozenset[str] = frozenset({"allowed"})
+"""Kinds stored in batches (the ones recorded per call)."""
+BATCH_LINGER = 0.02
+"""Seconds a batch waits for more events after its first."""
+BATCH_MAX = 256
 
 
 class AuditEvent(msgspec.Struct, kw_only=True):
@@ -89,8 +100,13 @@ def encode(event: AuditEvent) -> bytes:
 
 
 def decode(data: bytes) -> AuditEvent:
-    """An event read from the stream (msgspec.DecodeError / ValidationError when it is not one)."""
+    """One event (msgspec.DecodeError / ValidationError when it is not one)."""
     return _decoder.decode(data)
+
+
+def decode_all(data: bytes) -> list[AuditEvent]:
+    """The events of one stream message: one, or a batch (a line each)."""
+    return [_decoder.decode(line) for line in data.split(b"\n") if line.strip()]
 
 
 def current_trace_id() -> str:
@@ -146,6 +162,11 @@ class Audit:
         self.stream = subjects.audit_stream(self.region.name)
         self.js = nc.jetstream(timeout=5, publish_async_max_pending=max_pending)
         self._warned: dict[str, float] = {}
+        self._batch: list[bytes] = []
+        self._batch_headers: dict[str, str] = {}
+        self._batch_subject = ""
+        self._timer: asyncio.TimerHandle | None = None
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Bind to the region's stream, creating it when missing and `create` (idempotent; replicas race
@@ -178,40 +199,71 @@ class Audit:
                 edge=event.edge or self.edge,
                 arguments=event.arguments if self.include_arguments else None,
             )
-            hdrs = {MSG_ID: event.id}
-            telemetry.inject(hdrs)
-            subject = self.subjects.audit(self.region.name, event.kind)
             payload = encode(event)
         except Exception as exc:  # an unencodable argument, say
             self._failed("invalid", repr(exc))
             return
+        batched = event.kind in BATCHED
+        if batched and self._batch:  # headers and subject are the first event's
+            self._batch.append(payload)
+            if len(self._batch) >= BATCH_MAX:
+                await self._send_batch()
+            return
+        hdrs = {MSG_ID: event.id}
+        telemetry.inject(hdrs)
+        subject = self.subjects.audit(self.region.name, event.kind)
+        if batched:
+            self._batch, self._batch_headers, self._batch_subject = [payload], hdrs, subject
+            self._timer = asyncio.get_running_loop().call_later(BATCH_LINGER, self._linger_over)
+            return
+        await self._send_batch()  # first the decisions taken before this one
+        await self._publish(subject, payload, hdrs, 1)
+
+    def _linger_over(self) -> None:
+        self._timer = None
+        task = asyncio.get_running_loop().create_task(self._send_batch())
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send_batch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        await self._publish(self._batch_subject, b"\n".join(batch), self._batch_headers, len(batch))
+
+    async def _publish(self, subject: str, payload: bytes, hdrs: dict[str, str], events: int) -> None:
         try:
             # Not cancelled half-way: publish_async counts the event as pending before it sends it.
             with anyio.CancelScope(shield=True):
                 future = await self.js.publish_async(subject, payload, headers=hdrs)
         except Exception as exc:  # closed connection, outbound buffer full while reconnecting, ...
-            self._failed("publish", repr(exc))
+            self._failed("publish", repr(exc), events)
             return
         timer = asyncio.get_running_loop().call_later(self.ack_timeout, future.cancel)
-        future.add_done_callback(lambda f: self._acked(f, timer))
+        future.add_done_callback(lambda f: self._acked(f, timer, events))
 
     async def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until every recorded event is acked or has failed; False if `timeout` passed first."""
+        """Send the batch waiting, then wait until every recorded event is acked or has failed;
+        False if `timeout` passed first."""
+        await self._send_batch()
         try:
             await asyncio.wait_for(self.js.publish_async_completed(), timeout)
         except TimeoutError:
             return False
         return True
 
-    def _acked(self, future: asyncio.Future[Any], timer: asyncio.TimerHandle) -> None:
+    def _acked(self, future: asyncio.Future[Any], timer: asyncio.TimerHandle, events: int) -> None:
         timer.cancel()
         if future.cancelled():
-            self._failed("timeout", f"no ack from JetStream within {self.ack_timeout}s")
+            self._failed("timeout", f"no ack from JetStream within {self.ack_timeout}s", events)
         elif future.exception() is not None:
-            self._failed("rejected", repr(future.exception()))
+            self._failed("rejected", repr(future.exception()), events)
 
-    def _failed(self, reason: str, detail: str) -> None:
-        metrics.AUDIT_FAILURES.labels(reason).inc()
+    def _failed(self, reason: str, detail: str, events: int = 1) -> None:
+        metrics.AUDIT_FAILURES.labels(reason).inc(events)
         now = time.monotonic()
         if now - self._warned.get(reason, -60.0) >= 10.0:  # at most one line per reason every 10 s
             self._warned[reason] = now

@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 
 def ops_routes(readiness: Callable[[], dict[str, bool]]) -> list[Route]:
@@ -55,7 +56,7 @@ class _Uvicorn(uvicorn.Server):
 
 
 async def serve_asgi(
-    app: Starlette, sock: socket.socket, *, stop: anyio.Event, ssl: _ssl.SSLContext | None = None
+    app: ASGIApp, sock: socket.socket, *, stop: anyio.Event, ssl: _ssl.SSLContext | None = None
 ) -> None:
     """Serve `app` on `sock` until `stop`; HTTPS with `ssl` (fedmcp.shared.tls.server_context)."""
 

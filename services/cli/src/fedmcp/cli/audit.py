@@ -108,14 +108,15 @@ async def tail(
                 continue
             last_seq = seq
             try:
-                event = audit_log.decode(msg.data)
+                events = audit_log.decode_all(msg.data)
             except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
                 click.echo(f"skipped unreadable event at stream sequence {seq}: {exc}", err=True)
                 continue
-            click.echo(audit_log.encode(event).decode() if as_json else render(event))
-            shown += 1
-            if count is not None and shown >= count:
-                return
+            for event in events:  # one, or a batch of allowed calls
+                click.echo(audit_log.encode(event).decode() if as_json else render(event))
+                shown += 1
+                if count is not None and shown >= count:
+                    return
     finally:
         with anyio.move_on_after(2, shield=True):
             await nc.close()

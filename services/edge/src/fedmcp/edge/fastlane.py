@@ -29,6 +29,7 @@ from fedmcp.edge.auth import SCOPE_KEY
 from fedmcp.edge.guard import MESSAGE_KEY
 from fedmcp.edge.server import FederatedServer, Front, forward_params_of
 from fedmcp.shared.policy import Principal
+from fedmcp.shared.routing import Route
 from mcp.server.runner import modern_error_data
 from mcp.shared._otel import extract_trace_context
 from mcp.shared.exceptions import MCPError
@@ -93,22 +94,23 @@ def _accepts(value: str) -> bool:
 class FastLane:
     def __init__(self, app: ASGIApp, *, path: str, federated: FederatedServer) -> None:
         self.app = app
-        self.path = path.rstrip("/")
+        self.path = path
         self.federated = federated
         self._header_maps: dict[int, bool] = {}
         """id(inputSchema) -> whether that schema mirrors arguments into Mcp-Param-* headers."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         plan = self._plan(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if plan is None:
+        admitted = self._admit(plan, scope) if plan is not None else None
+        if plan is None or admitted is None:
             await self.app(scope, receive, send)
             return
-        await self._serve(plan, scope, receive, send)
+        await self._serve(plan, *admitted, scope, receive, send)
 
     # -- is this the common case? -------------------------------------------------------------
     def _plan(self, scope: Scope) -> _Plan | None:
         message = scope.get(MESSAGE_KEY)
-        if not isinstance(message, dict) or message.get("method") != METHOD or scope["path"].rstrip("/") != self.path:
+        if not isinstance(message, dict) or message.get("method") != METHOD or scope["path"] != self.path:
             return None
         version = content_type = accept = method = name_header = None
         seen: set[bytes] = set()
@@ -170,26 +172,34 @@ class FastLane:
             self._header_maps[id(schema)] = known
         return known
 
-    # -- serving ------------------------------------------------------------------------------
-    async def _serve(self, plan: _Plan, scope: Scope, receive: Receive, send: Send) -> None:
+    def _admit(self, plan: _Plan, scope: Scope) -> tuple[Principal, Route] | None:
+        """Who calls which tool, when policy lets them without a word: refusals (with their audit
+        events), consent and header checks are the SDK path's."""
         federated = self.federated
         found = scope.get(SCOPE_KEY)
         principal = found if isinstance(found, Principal) else federated.local_principal
         route = federated.view.table.tool_route(plan.name)
+        if route is None:
+            return None
         governance = federated.governance
         policy = governance.current
-        entry = federated.view.table.servers.get(route.server) if route is not None else None
+        entry = federated.view.table.servers.get(route.server)
         if (
-            route is None
-            or entry is None
+            entry is None
             or entry.settings.affinity == "session"
             or not governance.visible(principal, "tool", route)
             or (policy is not None and policy.missing_scopes(principal, "tool", route.server, route.name))
             or governance.needs_consent(principal, route, federated.tool_hints(plan.name))
             or (plan.arguments_given and self._mirrors_headers(plan.name))
         ):
-            await self.app(scope, receive, send)  # refusals, consent and header checks: the SDK path
-            return
+            return None
+        return principal, route
+
+    # -- serving ------------------------------------------------------------------------------
+    async def _serve(
+        self, plan: _Plan, principal: Principal, route: Route, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        federated = self.federated
         front = Front(plan.version, principal, plan.meta[CLIENT_CAPABILITIES_META_KEY])
         forwarded = forward_params_of(plan.params)
         forwarded["name"] = route.name
@@ -210,6 +220,7 @@ class FastLane:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
+            reply: tuple[int, bytes] | None = None  # stays None when the client went away (the call is cancelled)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(answer.keep_alive, receive, tg.cancel_scope)
                 try:
@@ -219,18 +230,20 @@ class FastLane:
                     code = str(exc.error.code)
                     span.set_attributes({"error.type": code, "rpc.response.status_code": code})
                     span.set_status(StatusCode.ERROR, exc.error.message)
-                    await answer.error(plan.request_id, exc)
+                    reply = answer.error(plan.request_id, exc)
                 except Exception as exc:
                     span.set_attribute("error.type", type(exc).__qualname__)
                     span.record_exception(exc)
                     span.set_status(StatusCode.ERROR, str(exc))
-                    await answer.error(plan.request_id, exc)
+                    reply = answer.error(plan.request_id, exc)
                 else:
                     if body.get("isError") is True:
                         span.set_attribute("error.type", "tool_error")
                         span.set_status(StatusCode.ERROR)
-                    await answer.result(plan.request_id, body)
-                tg.cancel_scope.cancel()
+                    reply = answer.result(plan.request_id, body)
+                answer.watch.cancel()  # no more pings, nothing left to cancel
+            if reply is not None:
+                await answer.write(*reply)
 
     def _shape(self, version: str, result: Any) -> dict[str, Any]:
         """The result on the wire, as the SDK's runner shapes a handler's (`ServerRunner._serialize`)."""
@@ -258,41 +271,46 @@ class _Answer:
     def __init__(self, send: Send) -> None:
         self.send = send
         self.streaming = False
-        self.lock = anyio.Lock()
+        self.watch = anyio.CancelScope()
 
     async def keep_alive(self, receive: Receive, call: anyio.CancelScope) -> None:
         """Watch for the client going away (which cancels the call) and ping a long call's stream."""
+        with self.watch:
+            await self._keep_alive(receive, call)
+
+    async def _keep_alive(self, receive: Receive, call: anyio.CancelScope) -> None:
         while True:
             message: Message | None = None
             with anyio.move_on_after(PING_INTERVAL):
                 message = await receive()
             if message is None:
-                async with self.lock:
-                    if not self.streaming:
-                        self.streaming = True
-                        await self.send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-                    await self.send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
+                if not self.streaming:
+                    self.streaming = True
+                    await self.send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+                await self.send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
             elif message["type"] == "http.disconnect":
                 call.cancel()
                 return
 
-    async def result(self, request_id: str | int, result: dict[str, Any]) -> None:
-        await self._write(200, _encoder.encode({"jsonrpc": "2.0", "id": request_id, "result": result}))
+    @staticmethod
+    def result(request_id: str | int, result: dict[str, Any]) -> tuple[int, bytes]:
+        return 200, _encoder.encode({"jsonrpc": "2.0", "id": request_id, "result": result})
 
-    async def error(self, request_id: str | int, exc: Exception) -> None:
+    @staticmethod
+    def error(request_id: str | int, exc: Exception) -> tuple[int, bytes]:
         error = modern_error_data(exc)
         body: dict[str, Any] = {"code": error.code, "message": error.message}
         if error.data is not None:
             body["data"] = error.data
         status = ERROR_CODE_HTTP_STATUS.get(error.code, 200)
-        await self._write(status, _encoder.encode({"jsonrpc": "2.0", "id": request_id, "error": body}))
+        return status, _encoder.encode({"jsonrpc": "2.0", "id": request_id, "error": body})
 
-    async def _write(self, status: int, payload: bytes) -> None:
-        async with self.lock:
-            if self.streaming:
-                frame = b"event: message\r\ndata: " + payload + b"\r\n\r\n"
-                await self.send({"type": "http.response.body", "body": frame, "more_body": False})
-                return
-            headers = [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
-            await self.send({"type": "http.response.start", "status": status, "headers": headers})
-            await self.send({"type": "http.response.body", "body": payload, "more_body": False})
+    async def write(self, status: int, payload: bytes) -> None:
+        """The answer, once the pings have stopped (their task group is done)."""
+        if self.streaming:
+            frame = b"event: message\r\ndata: " + payload + b"\r\n\r\n"
+            await self.send({"type": "http.response.body", "body": frame, "more_body": False})
+            return
+        headers = [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": payload, "more_body": False})

@@ -151,12 +151,21 @@ class RequestGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            trim_header_values(scope)
             problem = self._problem(scope)
             if problem is not None:
                 status, message = problem
                 await _send_json(send, status, _refusal(message))
                 return
         await self.app(scope, receive, send)
+
+
+def trim_header_values(scope: Scope) -> None:
+    """Header values without the whitespace around them (RFC 9110 5.5), whichever HTTP parser
+    uvicorn runs: h11 strips it, httptools keeps it, and both the edge and the SDK compare values."""
+    raw = scope["headers"]
+    if any(v != v.strip(b" \t") for _, v in raw):
+        scope["headers"] = [(k, v.strip(b" \t")) for k, v in raw]
 
 
 class JsonRpcGuard:

@@ -23,6 +23,7 @@ from fedmcp.shared.ops_http import ops_routes, serve_asgi
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from starlette.applications import Starlette
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 RETRY_MS = 1000
 """SSE `retry` hint for handshake-era clients whose stream was closed for polling."""
@@ -43,7 +44,7 @@ def build_app(
     authenticator: Authenticator | None = None,
     anonymous: bool = False,
     public_url: str = "",
-) -> Starlette:
+) -> ASGIApp:
     """`allowed_hosts` / `allowed_origins`: the Host and Origin headers taken on the MCP paths (empty: the
     defaults of `guard.transport_security` for the address bound, `host`). Callers authenticate with
     `authenticator`; without one, `anonymous` must be asked for and the listener must be loopback."""
@@ -84,20 +85,21 @@ def build_app(
         ],
         lifespan=lambda app: sessions.run(),
     )
-    app.add_middleware(FastLane, path=path, federated=federated)  # innermost: behind every check
     governance = edge.federated.governance
     if public_url:
         governance.consent_page = partial(consent_link, edge.federated, public_url)
-    app.add_middleware(
-        AuthGate,
+    # The checks wrap the Starlette app rather than sit inside it, so the fast lane's calls pass
+    # through nothing else (an exception in them is uvicorn's plain 500, never a traceback).
+    fast = FastLane(app, path=path, federated=federated)  # innermost: behind every check
+    gate = AuthGate(
+        fast,
         authenticator=authenticator,
         step_up=governance.step_up(lambda: edge.view.table) if authenticator is not None else None,
         on_denied=partial(report_denied, governance),
     )
-    app.add_middleware(JsonRpcGuard, path=path, max_body_bytes=max_body_bytes)
-    app.add_middleware(RequestGuard, paths=[path, SSE_PATH, MESSAGES_PATH], security=checks)
-    app.add_middleware(TraceContext)
-    return app
+    shaped = JsonRpcGuard(gate, path=path, max_body_bytes=max_body_bytes)
+    guarded = RequestGuard(shaped, paths=[path, SSE_PATH, MESSAGES_PATH], security=checks)
+    return TraceContext(guarded)
 
 
 async def serve_http(

@@ -132,6 +132,7 @@ async def edge_runtime(
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                     await federated.release_local_sessions()
+                    await governance.audit.flush(timeout=2)  # the last batch of allowed calls
             tg.cancel_scope.cancel()
     finally:
         with anyio.move_on_after(5, shield=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,6 @@ from typing import Any
 import anyio
 import msgspec
 import structlog
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from fedmcp.shared import chunks, headers, jsonrpc, metrics, telemetry
 from fedmcp.shared.subjects import Subjects
 from mcp.shared.exceptions import MCPError
@@ -97,10 +97,39 @@ class Frame:
     reply: str | None = None
 
 
+class _Frames:
+    """A call's frames in arrival order: put by the reply callback, taken by the call's task.
+    (A deque and an event made only when the task has to wait: lighter than a memory stream per call.)"""
+
+    __slots__ = ("_queued", "_waiter")
+    LIMIT = 32
+
+    def __init__(self) -> None:
+        self._queued: deque[Frame] = deque()
+        self._waiter: anyio.Event | None = None
+
+    def put(self, frame: Frame) -> bool:
+        """False when the call is not keeping up (the frame is dropped)."""
+        if len(self._queued) >= self.LIMIT:
+            return False
+        self._queued.append(frame)
+        if self._waiter is not None:
+            self._waiter.set()
+        return True
+
+    async def take(self) -> Frame:
+        while not self._queued:
+            self._waiter = anyio.Event()
+            try:
+                await self._waiter.wait()
+            finally:
+                self._waiter = None
+        return self._queued.popleft()
+
+
 @dataclass
 class _Call:
-    send: MemoryObjectSendStream[Frame]
-    receive: MemoryObjectReceiveStream[Frame]
+    frames: _Frames
     assembler: chunks.Assembler
     reply: str = ""
     instances: list[str] = field(default_factory=list)
@@ -181,9 +210,7 @@ class Upstream:
                 hdrs.get(headers.INSTANCE),
                 msg.reply or None,
             )
-        try:
-            call.send.send_nowait(frame)
-        except anyio.WouldBlock:
+        if not call.frames.put(frame):
             log.warning("reply frame dropped: caller is not keeping up", subject=msg.subject)
 
     async def _serve_upload(self, call: _Call, to: str, index: str) -> None:
@@ -331,8 +358,7 @@ class Upstream:
         # Unguessable: adapters may publish to any reply subject, so a token must not be
         # derivable from one an adapter has seen (it could inject frames into other calls).
         token = secrets.token_hex(12)
-        send_stream, receive = anyio.create_memory_object_stream[Frame](32)
-        self._calls[token] = call = _Call(send_stream, receive, chunks.Assembler(self.max_payload_bytes))
+        self._calls[token] = call = _Call(_Frames(), chunks.Assembler(self.max_payload_bytes))
         call.upload = upload or []
         reply = call.reply = self.subjects.reply(self.edge_id, token)
         finished = False
@@ -352,8 +378,6 @@ class Upstream:
             raise
         finally:
             del self._calls[token]
-            send_stream.close()
-            receive.close()
             if not finished:
                 # The client went away or cancelled: tell whichever adapter holds the call.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
@@ -376,7 +400,7 @@ class Upstream:
             wait = min(wait, self.probe_after if accepted else self.accept_timeout + ACCEPT_GRACE)
             frame: Frame | None = None
             with anyio.move_on_after(max(wait, 0)):
-                frame = await call.receive.receive()
+                frame = await call.frames.take()
             if frame is None:
                 if not accepted and anyio.current_time() < deadline:
                     raise _NotAccepted
@@ -387,7 +411,7 @@ class Upstream:
                 # "Not held" may be "just answered": the adapter sent its last frames before it said so,
                 # but they may still be queued for this call. Wait a moment for them before calling it lost.
                 with anyio.move_on_after(LOST_GRACE):
-                    frame = await call.receive.receive()
+                    frame = await call.frames.take()
                 if frame is None:
                     raise _Lost
             if frame.kind == headers.Kind.BUSY:

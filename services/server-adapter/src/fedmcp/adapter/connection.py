@@ -377,13 +377,15 @@ class BackingConnection:
         self._ids += 1
         call_id = self._ids
         self.in_flight[call_id] = hooks
-        lane = self._lane if client is self.client and progress is None and method in RAW_METHODS else None
+        # Not when the call wants its log messages or progress: those go through the SDK's session,
+        # and only its dispatcher keeps them in order ahead of the response they precede.
+        quiet = progress is None and (hooks.sink is None or hooks.log_level is None)
+        lane = self._lane if client is self.client and quiet and method in RAW_METHODS else None
         try:
             if lane is not None:
                 version = client.protocol_version
                 if version in MODERN_PROTOCOL_VERSIONS:
-                    log_level = hooks.log_level if hooks.sink is not None else None
-                    params = enveloped(version, params, capabilities or {}, log_level)
+                    params = enveloped(version, params, capabilities or {}, None)
                 return await lane.request(method, params, timeout=timeout)
             if client.protocol_version in MODERN_PROTOCOL_VERSIONS and capabilities is not None:
                 return await send_modern(

@@ -11,7 +11,9 @@ raw bytes (`msgspec.Raw`) all the way to the bus message.
 Only responses to the lane's own ids (`fedmcp-<n>`, never used by the SDK,
 whose ids are integers) are taken. Everything else the server writes, its
 notifications and its requests to the client mid-call included, still reaches
-the SDK's session and is handled as before.
+the SDK's session and is handled as before. A response taken here can overtake
+notifications the server wrote before it (they are still on their way through
+the SDK), so calls that want their log messages or progress use the session.
 """
 
 from __future__ import annotations
