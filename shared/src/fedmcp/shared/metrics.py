@@ -3,6 +3,9 @@ they exist: `mcp.server.operation.duration` -> `mcp_server_operation_duration_se
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -67,3 +70,9 @@ BUS_RECONNECTS = Counter("fedmcp_bus_reconnects_total", "Reconnections of the NA
 def outcome(error_code: int | None) -> str:
     """`ok`, or the JSON-RPC error code as a string (MCP semconv `error.type`)."""
     return "ok" if error_code is None else str(error_code)
+
+
+@lru_cache(maxsize=4096)
+def labelled(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, remembered: the per-call paths look the same few children up each time."""
+    return metric.labels(*values)

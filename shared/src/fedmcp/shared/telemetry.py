@@ -84,7 +84,8 @@ def producer(destination: str, server: str) -> Iterator[Span]:
 @contextmanager
 def consumer(headers: Mapping[str, str] | None, destination: str, server: str) -> Iterator[Span]:
     """A span continuing the sender's trace (made current, not copied, so SDK spans nest under it)."""
-    token = context.attach(propagate.extract(dict(headers or {})))
+    # Nothing to continue without a traceparent (baggage travels only with one): skip the propagators.
+    token = context.attach(propagate.extract(dict(headers))) if headers and "traceparent" in headers else None
     try:
         attributes = _messaging("process", destination, server)
         with tracer.start_as_current_span(
@@ -92,7 +93,8 @@ def consumer(headers: Mapping[str, str] | None, destination: str, server: str) -
         ) as span:
             yield span
     finally:
-        context.detach(token)
+        if token is not None:
+            context.detach(token)
 
 
 def event(name: str, attributes: Mapping[str, str]) -> None:

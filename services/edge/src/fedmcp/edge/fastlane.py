@@ -21,10 +21,14 @@ SDK's deferral window, and closing the connection cancels the call.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
 import msgspec
+from anyio.abc import TaskGroup
 from fedmcp.edge.auth import SCOPE_KEY
 from fedmcp.edge.guard import MESSAGE_KEY
 from fedmcp.edge.server import FederatedServer, Front, forward_params_of
@@ -60,6 +64,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 METHOD = "tools/call"
 PING_INTERVAL = 15.0
 """Seconds of a silent call before the answer commits to SSE and pings (the SDK's deferral window)."""
+WATCH_AFTER = 0.05
+"""Seconds a call runs before it gets a watcher for the client going away (and for the pings)."""
 SIMPLE_PARAMS = frozenset(("name", "arguments", "_meta"))
 SESSION_HEADER = b"mcp-session-id"
 ROUTING_HEADERS = frozenset(
@@ -96,6 +102,7 @@ class FastLane:
         self.app = app
         self.path = path
         self.federated = federated
+        self._watchers: TaskGroup | None = None
         self._header_maps: dict[int, bool] = {}
         """id(inputSchema) -> whether that schema mirrors arguments into Mcp-Param-* headers."""
 
@@ -221,8 +228,7 @@ class FastLane:
             set_status_on_exception=False,
         ) as span:
             reply: tuple[int, bytes] | None = None  # stays None when the client went away (the call is cancelled)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(answer.keep_alive, receive, tg.cancel_scope)
+            with anyio.CancelScope() as call, self._watched(answer, receive, call):
                 try:
                     result = await federated.forward_call(front, route, plan.name, forwarded)
                     body = self._shape(plan.version, result)
@@ -241,9 +247,40 @@ class FastLane:
                         span.set_attribute("error.type", "tool_error")
                         span.set_status(StatusCode.ERROR)
                     reply = answer.result(plan.request_id, body)
-                answer.watch.cancel()  # no more pings, nothing left to cancel
             if reply is not None:
                 await answer.write(*reply)
+
+    @contextmanager
+    def _watched(self, answer: _Answer, receive: Receive, call: anyio.CancelScope) -> Iterator[None]:
+        """While a call runs longer than WATCH_AFTER, a watcher (in the lane's own task group) cancels it
+        when the client goes away, and pings its stream; a quicker call costs a timer, not a task."""
+        watchers = self._watchers
+        if watchers is None:  # not running under `running()`: nobody can watch, the call just runs
+            yield
+            return
+
+        def watch() -> None:
+            answer.timer = None
+            watchers.start_soon(answer.keep_alive, receive, call)
+
+        answer.timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch)
+        try:
+            yield
+        finally:
+            if answer.timer is not None:
+                answer.timer.cancel()
+            answer.watch.cancel()  # no more pings: the answer follows
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The lane's task group, for the watchers of long calls (the app's lifespan)."""
+        async with anyio.create_task_group() as watchers:
+            self._watchers = watchers
+            try:
+                yield
+            finally:
+                self._watchers = None
+                watchers.cancel_scope.cancel()
 
     def _shape(self, version: str, result: Any) -> dict[str, Any]:
         """The result on the wire, as the SDK's runner shapes a handler's (`ServerRunner._serialize`)."""
@@ -272,6 +309,7 @@ class _Answer:
         self.send = send
         self.streaming = False
         self.watch = anyio.CancelScope()
+        self.timer: asyncio.TimerHandle | None = None
 
     async def keep_alive(self, receive: Receive, call: anyio.CancelScope) -> None:
         """Watch for the client going away (which cancels the call) and ping a long call's stream."""
@@ -279,15 +317,17 @@ class _Answer:
             await self._keep_alive(receive, call)
 
     async def _keep_alive(self, receive: Receive, call: anyio.CancelScope) -> None:
+        wait = PING_INTERVAL - WATCH_AFTER
         while True:
             message: Message | None = None
-            with anyio.move_on_after(PING_INTERVAL):
+            with anyio.move_on_after(wait):
                 message = await receive()
             if message is None:
                 if not self.streaming:
                     self.streaming = True
                     await self.send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
                 await self.send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
+                wait = PING_INTERVAL
             elif message["type"] == "http.disconnect":
                 call.cancel()
                 return

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from ssl import SSLContext
 
@@ -83,7 +84,6 @@ def build_app(
             *(authenticator.routes(path) if authenticator is not None else []),
             *consent_routes(federated),
         ],
-        lifespan=lambda app: sessions.run(),
     )
     governance = edge.federated.governance
     if public_url:
@@ -91,6 +91,7 @@ def build_app(
     # The checks wrap the Starlette app rather than sit inside it, so the fast lane's calls pass
     # through nothing else (an exception in them is uvicorn's plain 500, never a traceback).
     fast = FastLane(app, path=path, federated=federated)  # innermost: behind every check
+    app.router.lifespan_context = lambda app: _both(sessions.run(), fast.running())
     gate = AuthGate(
         fast,
         authenticator=authenticator,
@@ -128,6 +129,14 @@ async def serve_http(
         public_url=endpoint(sock, "", tls=ssl is not None),
     )
     await serve_asgi(app, sock, stop=stop, ssl=ssl)
+
+
+@asynccontextmanager
+async def _both(
+    first: AbstractAsyncContextManager[None], second: AbstractAsyncContextManager[None]
+) -> AsyncIterator[None]:
+    async with first, second:
+        yield
 
 
 def endpoint(sock: socket.socket, path: str, *, tls: bool) -> str:

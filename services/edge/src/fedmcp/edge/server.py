@@ -381,7 +381,7 @@ class FederatedServer:
             raise
         finally:
             metrics.EDGE_INFLIGHT.dec()
-            metrics.SERVER_DURATION.labels(server, method, tool, metrics.outcome(code)).observe(
+            metrics.labelled(metrics.SERVER_DURATION, server, method, tool, metrics.outcome(code)).observe(
                 time.perf_counter() - started
             )
 

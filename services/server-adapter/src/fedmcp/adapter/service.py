@@ -419,12 +419,12 @@ class Adapter:
         self, request: jsonrpc.Request, call: _Call, hdrs: dict[str, str], pin: Pinned | None = None, *, first: bool
     ) -> bytes:
         started = time.perf_counter()
-        metrics.ADAPTER_INFLIGHT.labels(self.name).inc()
+        metrics.labelled(metrics.ADAPTER_INFLIGHT, self.name).inc()
         try:
             body, code = await self._forward_measured(request, call, hdrs, pin, first)
         finally:
-            metrics.ADAPTER_INFLIGHT.labels(self.name).dec()
-        metrics.CLIENT_DURATION.labels(self.name, request.method, metrics.outcome(code)).observe(
+            metrics.labelled(metrics.ADAPTER_INFLIGHT, self.name).dec()
+        metrics.labelled(metrics.CLIENT_DURATION, self.name, request.method, metrics.outcome(code)).observe(
             time.perf_counter() - started
         )
         return body
