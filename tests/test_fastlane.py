@@ -3,6 +3,7 @@ and answered byte for byte as the SDK path answers the same call; anything unusu
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +147,36 @@ async def test_closing_the_connection_cancels_the_call(
         with anyio.fail_after(10):  # far short of the call's 30 s: the adapter dropped it on the edge's cancel
             await adapter._idle.wait()
         assert adapter._inflight == 0
+
+
+def read(uri: str, **meta: Any) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": 8,
+        "method": "resources/read",
+        "params": {"uri": uri, "_meta": {**ENVELOPE, **meta}},
+    }
+
+
+@pytest.mark.parametrize("size", [1000, 3_000_000], ids=["small", "large-raw"])
+async def test_reads_take_the_lane_and_answer_as_the_sdk_path(
+    nats_server: NatsServer, lane_calls: list[str], size: int
+) -> None:
+    async with federation(nats_server.url, max_body_bytes=16 * 1024 * 1024) as fed:
+        await fed.add_server("big", python_server("big.py"))
+        uri = f"big://blob/{size}"
+        async with httpx2.AsyncClient(timeout=30) as http:
+            fast = await http.post(fed.url, json=read(uri), headers=headers(uri, **{"Mcp-Method": "resources/read"}))
+            assert lane_calls == [uri]
+            slow = await http.post(
+                fed.url, json=read(uri, progressToken="p"), headers=headers(uri, **{"Mcp-Method": "resources/read"})
+            )
+            assert lane_calls == [uri]
+        assert (fast.status_code, slow.status_code) == (200, 200)
+        assert fast.headers["content-type"] == slow.headers["content-type"] == "application/json"
+        assert int(fast.headers["content-length"]) == len(fast.content)
+        assert fast.json() == slow.json()
+        result = fast.json()["result"]
+        assert (result["resultType"], result["ttlMs"], result["cacheScope"]) == ("complete", 0, "private")
+        assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "fedmcp"
+        assert len(base64.b64decode(result["contents"][0]["blob"])) == size

@@ -95,6 +95,27 @@ def decode_response(data: bytes | bytearray) -> Response:
         raise msgspec.DecodeError(f"unreadable JSON: {exc}") from None
 
 
+class _FieldsResponse(msgspec.Struct):
+    result: dict[str, msgspec.Raw] | None = None
+    error: ErrorBody | None = None
+
+
+_fields_decoder = msgspec.json.Decoder(_FieldsResponse)
+
+
+def result_fields_of(data: bytes | bytearray) -> dict[str, msgspec.Raw]:
+    """The result object of a JSON-RPC response as its members' raw JSON, views into `data` (nothing
+    below the top level is decoded or copied); its error raised as MCPError."""
+    try:
+        response = _fields_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError) as exc:
+        raise MCPError(code=INTERNAL_ERROR, message="unreadable JSON-RPC response on the bus") from exc
+    if response.error is not None:
+        err = response.error
+        raise MCPError(code=err.code, message=err.message, data=err.data)
+    return response.result or {}
+
+
 def result_of(data: bytes | bytearray) -> Any:
     """The result of a JSON-RPC response; its error raised as MCPError."""
     try:

@@ -31,7 +31,8 @@ import msgspec
 from anyio.abc import TaskGroup
 from fedmcp.edge.auth import SCOPE_KEY
 from fedmcp.edge.guard import MESSAGE_KEY
-from fedmcp.edge.server import FederatedServer, Front, forward_params_of
+from fedmcp.edge.server import FederatedServer, Front, finish_result, forward_params_of, strip_reserved
+from fedmcp.edge.upstream import RawResult
 from fedmcp.shared.policy import Principal
 from fedmcp.shared.routing import Route
 from mcp.server.runner import modern_error_data
@@ -61,12 +62,19 @@ from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-METHOD = "tools/call"
+CALL, READ = "tools/call", "resources/read"
+SIMPLE_PARAMS = {CALL: frozenset(("name", "arguments", "_meta")), READ: frozenset(("uri", "_meta"))}
+"""The methods the lane serves, with the params a plain request of each has."""
+NAME_KEY = {CALL: "name", READ: "uri"}
+RAW_FROM = 1 << 20
+"""Bytes of a read's response above which it is passed on as the server sent it (with the members
+fedmcp adds), written out of the bus message itself: a large blob is never decoded or copied whole."""
+PIECE = 1 << 20
+"""Largest piece of a raw result handed to the HTTP transport at once."""
 PING_INTERVAL = 15.0
 """Seconds of a silent call before the answer commits to SSE and pings (the SDK's deferral window)."""
 WATCH_AFTER = 0.05
 """Seconds a call runs before it gets a watcher for the client going away (and for the pings)."""
-SIMPLE_PARAMS = frozenset(("name", "arguments", "_meta"))
 SESSION_HEADER = b"mcp-session-id"
 ROUTING_HEADERS = frozenset(
     h.lower().encode() for h in (MCP_PROTOCOL_VERSION_HEADER, MCP_METHOD_HEADER, MCP_NAME_HEADER)
@@ -79,13 +87,16 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _encoder = msgspec.json.Encoder()
+Buffer = bytes | memoryview
 _tracer = trace.get_tracer("mcp-python-sdk")  # the SDK's own SERVER span, as the slow path makes it
 
 
 class _Plan(msgspec.Struct):
+    method: str
     request_id: str | int
     version: str
     name: str
+    """The tool's name, or the resource's URI."""
     arguments_given: bool
     meta: dict[str, Any]
     params: dict[str, Any]
@@ -117,8 +128,10 @@ class FastLane:
     # -- is this the common case? -------------------------------------------------------------
     def _plan(self, scope: Scope) -> _Plan | None:
         message = scope.get(MESSAGE_KEY)
-        if not isinstance(message, dict) or message.get("method") != METHOD or scope["path"] != self.path:
+        wanted = message.get("method") if isinstance(message, dict) else None
+        if wanted not in SIMPLE_PARAMS or scope["path"] != self.path:
             return None
+        assert isinstance(message, dict) and isinstance(wanted, str)
         version = content_type = accept = method = name_header = None
         seen: set[bytes] = set()
         for key, value in scope["headers"]:
@@ -138,7 +151,7 @@ class FastLane:
                 name_header = value.decode("latin-1")
             elif key == SESSION_HEADER or key.startswith(b"mcp-param-"):
                 return None
-        if version not in MODERN_PROTOCOL_VERSIONS or method != METHOD or accept is None or not _accepts(accept):
+        if version not in MODERN_PROTOCOL_VERSIONS or method != wanted or accept is None or not _accepts(accept):
             return None
         if content_type is None or not content_type.lower().startswith("application/json"):
             return None
@@ -146,9 +159,9 @@ class FastLane:
         params = message.get("params")
         if not isinstance(request_id, str | int) or isinstance(request_id, bool) or not isinstance(params, dict):
             return None
-        if not SIMPLE_PARAMS.issuperset(params):
+        if not SIMPLE_PARAMS[wanted].issuperset(params):
             return None
-        name = params.get("name")
+        name = params.get(NAME_KEY[wanted])
         meta = params.get("_meta")
         arguments = params.get("arguments")
         if not isinstance(name, str) or not isinstance(meta, dict) or not isinstance(arguments, dict | None):
@@ -160,10 +173,10 @@ class FastLane:
         try:
             if decode_header_value(name_header) != name:
                 return None
-            sdk_methods.validate_client_request(METHOD, version, params)
+            sdk_methods.validate_client_request(wanted, version, params)
         except (ValidationError, ValueError, KeyError):
             return None
-        return _Plan(request_id, version, name, arguments is not None, meta, params)
+        return _Plan(wanted, request_id, version, name, arguments is not None, meta, params)
 
     def _mirrors_headers(self, name: str) -> bool:
         """Whether the tool declares arguments mirrored into headers (then the SDK checks them)."""
@@ -180,21 +193,24 @@ class FastLane:
         return known
 
     def _admit(self, plan: _Plan, scope: Scope) -> tuple[Principal, Route] | None:
-        """Who calls which tool, when policy lets them without a word: refusals (with their audit
-        events), consent and header checks are the SDK path's."""
+        """Who calls which tool or reads which resource, when policy lets them without a word:
+        refusals (with their audit events), consent and header checks are the SDK path's."""
         federated = self.federated
         found = scope.get(SCOPE_KEY)
         principal = found if isinstance(found, Principal) else federated.local_principal
-        route = federated.view.table.tool_route(plan.name)
+        table = federated.view.table
+        route = table.tool_route(plan.name) if plan.method == CALL else table.route_uri(plan.name)
         if route is None:
             return None
         governance = federated.governance
+        entry = table.servers.get(route.server)
+        if entry is None or entry.settings.affinity == "session":
+            return None
+        if plan.method == READ:
+            return (principal, route) if governance.visible(principal, "resource", route) else None
         policy = governance.current
-        entry = federated.view.table.servers.get(route.server)
         if (
-            entry is None
-            or entry.settings.affinity == "session"
-            or not governance.visible(principal, "tool", route)
+            not governance.visible(principal, "tool", route)
             or (policy is not None and policy.missing_scopes(principal, "tool", route.server, route.name))
             or governance.needs_consent(principal, route, federated.tool_hints(plan.name))
             or (plan.arguments_given and self._mirrors_headers(plan.name))
@@ -209,29 +225,34 @@ class FastLane:
         federated = self.federated
         front = Front(plan.version, principal, plan.meta[CLIENT_CAPABILITIES_META_KEY])
         forwarded = forward_params_of(plan.params)
-        forwarded["name"] = route.name
         attributes: dict[str, Any] = {
-            "mcp.method.name": METHOD,
+            "mcp.method.name": plan.method,
             "mcp.protocol.version": plan.version,
             "jsonrpc.request.id": str(plan.request_id),
-            "gen_ai.operation.name": "execute_tool",
-            "gen_ai.tool.name": plan.name,
             "network.transport": "tcp",
         }
+        if plan.method == CALL:
+            forwarded["name"] = route.name
+            attributes |= {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": plan.name}
         answer = _Answer(send)
         with _tracer.start_as_current_span(
-            f"{METHOD} {plan.name}",
+            f"{CALL} {plan.name}" if plan.method == CALL else READ,
             kind=SpanKind.SERVER,
             attributes=attributes,
             context=extract_trace_context(plan.meta),
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            reply: tuple[int, bytes] | None = None  # stays None when the client went away (the call is cancelled)
+            reply: tuple[int, list[Buffer]] | None = (
+                None  # stays None when the client went away (the call is cancelled)
+            )
             with anyio.CancelScope() as call, self._watched(answer, receive, call):
                 try:
-                    result = await federated.forward_call(front, route, plan.name, forwarded)
-                    body = self._shape(plan.version, result)
+                    if plan.method == CALL:
+                        result = await federated.forward_call(front, route, plan.name, forwarded)
+                    else:
+                        result = await federated.forward_read(front, route, forwarded)
+                    body = self._finish(plan, result)
                 except MCPError as exc:
                     code = str(exc.error.code)
                     span.set_attributes({"error.type": code, "rpc.response.status_code": code})
@@ -243,7 +264,7 @@ class FastLane:
                     span.set_status(StatusCode.ERROR, str(exc))
                     reply = answer.error(plan.request_id, exc)
                 else:
-                    if body.get("isError") is True:
+                    if isinstance(body, dict) and body.get("isError") is True:
                         span.set_attribute("error.type", "tool_error")
                         span.set_status(StatusCode.ERROR)
                     reply = answer.result(plan.request_id, body)
@@ -282,13 +303,26 @@ class FastLane:
                 self._watchers = None
                 watchers.cancel_scope.cancel()
 
-    def _shape(self, version: str, result: Any) -> dict[str, Any]:
+    def _finish(self, plan: _Plan, result: Any) -> dict[str, Any] | list[Buffer]:
+        """A forwarded call's result, or a read's: decoded and shaped as the SDK does, or for a large
+        read the pieces of its raw JSON (`_raw_pieces`)."""
+        if not isinstance(result, RawResult):
+            return self._shape(plan.version, plan.method, result)
+        if result.size > RAW_FROM:
+            return self._raw_pieces(plan.version, plan.method, result.fields)
+        decoded = {key: msgspec.json.decode(value) for key, value in result.fields.items()}
+        return self._shape(plan.version, plan.method, finish_result(plan.version, decoded))
+
+    def _shape(self, version: str, method: str, result: Any) -> dict[str, Any]:
         """The result on the wire, as the SDK's runner shapes a handler's (`ServerRunner._serialize`)."""
         dumped: dict[str, Any] = dict(result) if isinstance(result, dict) else {}
+        hint = self.federated.server.cache_hints.get(method)
+        if hint is not None and not sdk_methods.is_input_required(dumped):
+            dumped = {"ttlMs": hint.ttl_ms, "cacheScope": hint.scope, **dumped}
         result_type = dumped.get("resultType")
         if not isinstance(result_type, str) or result_type in CORE_RESULT_TYPES:
             try:
-                dumped = sdk_methods.serialize_server_result(METHOD, version, dumped)
+                dumped = sdk_methods.serialize_server_result(method, version, dumped)
             except ValidationError:
                 raise MCPError(code=INTERNAL_ERROR, message="Handler returned an invalid result") from None
         if dumped.get("resultType") is None:
@@ -300,6 +334,31 @@ class FastLane:
         elif isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None:
             dumped["_meta"] = {**meta, SERVER_INFO_META_KEY: stamp}
         return dumped
+
+    def _raw_pieces(self, version: str, method: str, fields: dict[str, msgspec.Raw]) -> list[Buffer]:
+        """A large result as the server sent it, plus what the SDK path adds (cache hints, `resultType`,
+        this edge's `serverInfo` instead of the server's own envelope keys): JSON in pieces, the
+        members' values as views into the bus message."""
+        meta_raw = fields.get("_meta")
+        meta: Any = strip_reserved(msgspec.json.decode(meta_raw)) if meta_raw is not None else None
+        added: dict[str, Any] = {}
+        hint = self.federated.server.cache_hints.get(method)
+        if hint is not None:
+            added |= {"ttlMs": hint.ttl_ms, "cacheScope": hint.scope}
+        if version in MODERN_PROTOCOL_VERSIONS:
+            added["resultType"] = "complete"
+            if meta is None or (isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None):
+                meta = {**(meta or {}), SERVER_INFO_META_KEY: self.federated.server.server_info_stamp}
+        pieces: list[Buffer] = []
+        for key, value in added.items():
+            if key not in fields:
+                pieces += [_encoder.encode(key) + b":" + _encoder.encode(value), b","]
+        for key, raw in fields.items():
+            if key != "_meta":
+                pieces += [_encoder.encode(key) + b":", memoryview(raw), b","]
+        if meta is not None:
+            pieces += [b'"_meta":' + _encoder.encode(meta), b","]
+        return [b"{", *pieces[:-1], b"}"] if pieces else [b"{}"]
 
 
 class _Answer:
@@ -333,24 +392,36 @@ class _Answer:
                 return
 
     @staticmethod
-    def result(request_id: str | int, result: dict[str, Any]) -> tuple[int, bytes]:
-        return 200, _encoder.encode({"jsonrpc": "2.0", "id": request_id, "result": result})
+    def result(request_id: str | int, result: dict[str, Any] | list[Buffer]) -> tuple[int, list[Buffer]]:
+        if isinstance(result, dict):
+            return 200, [_encoder.encode({"jsonrpc": "2.0", "id": request_id, "result": result})]
+        return 200, [b'{"jsonrpc":"2.0","id":' + _encoder.encode(request_id) + b',"result":', *result, b"}"]
 
     @staticmethod
-    def error(request_id: str | int, exc: Exception) -> tuple[int, bytes]:
+    def error(request_id: str | int, exc: Exception) -> tuple[int, list[Buffer]]:
         error = modern_error_data(exc)
         body: dict[str, Any] = {"code": error.code, "message": error.message}
         if error.data is not None:
             body["data"] = error.data
         status = ERROR_CODE_HTTP_STATUS.get(error.code, 200)
-        return status, _encoder.encode({"jsonrpc": "2.0", "id": request_id, "error": body})
+        return status, [_encoder.encode({"jsonrpc": "2.0", "id": request_id, "error": body})]
 
-    async def write(self, status: int, payload: bytes) -> None:
-        """The answer, once the pings have stopped (their task group is done)."""
+    async def write(self, status: int, pieces: list[Buffer]) -> None:
+        """The answer, once the pings have stopped: one body, or (a large read) the pieces handed to
+        the transport a PIECE at a time, so that it never holds another copy of the whole."""
         if self.streaming:
-            frame = b"event: message\r\ndata: " + payload + b"\r\n\r\n"
-            await self.send({"type": "http.response.body", "body": frame, "more_body": False})
+            pieces = [b"event: message\r\ndata: ", *pieces, b"\r\n\r\n"]
+        else:
+            size = sum(memoryview(p).nbytes for p in pieces)
+            headers = [*_JSON_HEADERS, (b"content-length", str(size).encode())]
+            await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        if len(pieces) == 1:
+            await self.send({"type": "http.response.body", "body": bytes(pieces[0]), "more_body": False})
             return
-        headers = [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
-        await self.send({"type": "http.response.start", "status": status, "headers": headers})
-        await self.send({"type": "http.response.body", "body": payload, "more_body": False})
+        for piece in pieces:
+            view = memoryview(piece)
+            for start in range(0, view.nbytes, PIECE):
+                await self.send(
+                    {"type": "http.response.body", "body": bytes(view[start : start + PIECE]), "more_body": True}
+                )
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})

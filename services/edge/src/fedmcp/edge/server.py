@@ -31,7 +31,7 @@ from fedmcp.edge.session_directory import SessionDirectory
 from fedmcp.edge.sessions import SessionRecorder
 from fedmcp.edge.spans import SessionAttributes
 from fedmcp.edge.subscriptions import EdgeSubscriptions, ListenWithResources
-from fedmcp.edge.upstream import Upstream
+from fedmcp.edge.upstream import RawResult, Upstream
 from fedmcp.shared import jsonrpc, metrics
 from fedmcp.shared.envelopes import Freshness
 from fedmcp.shared.frontsession import SessionRecord
@@ -101,17 +101,27 @@ def forward_params_of(params: Any) -> Params:
     return forwarded
 
 
+def strip_reserved(meta: Any) -> Any:
+    """A `_meta` object without its `io.modelcontextprotocol/*` keys."""
+    if not isinstance(meta, dict):
+        return meta
+    return {k: v for k, v in meta.items() if not k.startswith(RESERVED_META_PREFIX)}
+
+
+def finish_result(version: str, result: Params) -> Params:
+    """A backing server's result for the front: its envelope keys dropped, `resultType` said."""
+    return _complete(version, _strip_reserved_meta(result))
+
+
 def _strip_reserved_meta(result: Any) -> Any:
     """Drop `io.modelcontextprotocol/*` `_meta` keys: each hop mints its own envelope, and the
     backing server's (serverInfo, ...) must not pose as the edge's."""
-    if isinstance(result, dict):
-        meta = result.get("_meta")
-        if isinstance(meta, dict):
-            kept = {k: v for k, v in meta.items() if not k.startswith(RESERVED_META_PREFIX)}
-            if kept:
-                result["_meta"] = kept
-            else:
-                del result["_meta"]
+    if isinstance(result, dict) and isinstance(result.get("_meta"), dict):
+        kept = strip_reserved(result["_meta"])
+        if kept:
+            result["_meta"] = kept
+        else:
+            del result["_meta"]
     return result
 
 
@@ -367,15 +377,17 @@ class FederatedServer:
         params: Params,
         *,
         idempotent: bool = False,
+        raw: bool = False,
     ) -> Any:
-        """Route one request to `server`. `idempotent`: safe to run again if an instance dies mid-call."""
+        """Route one request to `server`. `idempotent`: safe to run again if an instance dies mid-call;
+        `raw`: the result stays undecoded (an upstream.RawResult), for the fast lane to pass on."""
         tool = str(params.get("name", "")) if method == "tools/call" else ""
         started = time.perf_counter()
         code: int | None = None
         metrics.EDGE_INFLIGHT.inc()
         try:
             async with self._polling(front.ctx):
-                return await self._forward_measured(front, server, method, params, idempotent)
+                return await self._forward_measured(front, server, method, params, idempotent, raw)
         except MCPError as exc:
             code = exc.error.code
             raise
@@ -420,7 +432,9 @@ class FederatedServer:
             finally:
                 tg.cancel_scope.cancel()
 
-    async def _forward_measured(self, front: Front, server: str, method: str, params: Params, idempotent: bool) -> Any:
+    async def _forward_measured(
+        self, front: Front, server: str, method: str, params: Params, idempotent: bool, raw: bool = False
+    ) -> Any:
         ctx = front.ctx
         modern = front.modern
         caller = front.principal
@@ -475,6 +489,7 @@ class FederatedServer:
             on_request=on_request,
             capabilities=front.capabilities,
             identity=self.governance.assertion(caller, server),
+            raw=raw,
         )
         entry = self.view.table.servers.get(server)
         front_session = self.pins.front_session(ctx, entry) if ctx is not None else None
@@ -507,6 +522,8 @@ class FederatedServer:
                 result = await call(params)
         else:
             result = await call(params)
+        if isinstance(result, RawResult):
+            return result  # the fast lane finishes it
         rounds = 0
         while not modern and is_input_required(result) and rounds < MAX_INPUT_ROUNDS:
             # A 2026-07-28 backing server asks through its result; a handshake-era client is
@@ -526,7 +543,7 @@ class FederatedServer:
             result["requestState"] = self.sealer.new(
                 server=server, principal=principal, backend_state=result.get("requestState")
             )
-        return _complete(front.version, _strip_reserved_meta(result))
+        return finish_result(front.version, result)
 
     async def _ask_client(self, ctx: ServerRequestContext[Any, Any], method: str, params: dict[str, Any]) -> Any:
         """Send a server-to-client request to a handshake-era client, on its request's stream."""
@@ -558,6 +575,10 @@ class FederatedServer:
     def tool_hints(self, exposed: str) -> dict[str, Any]:
         """The annotations the catalog has for the tool named `exposed`."""
         return self.view.table.tool_by_name.get(exposed, {}).get("annotations") or {}
+
+    async def forward_read(self, front: Front, route: Route, forwarded: Params) -> Any:
+        """A resources/read for the fast lane: the result stays raw (upstream.RawResult)."""
+        return await self._forward(front, route.server, "resources/read", forwarded, idempotent=True, raw=True)
 
     async def forward_call(self, front: Front, route: Route, exposed: str, forwarded: Params) -> Any:
         """A tools/call that policy and consent have let through: audited, then sent to its server."""

@@ -90,6 +90,16 @@ _notification_decoder = msgspec.json.Decoder(_Notification)
 
 
 @dataclass
+class RawResult:
+    """A result left undecoded (`Upstream.request(raw=True)`): its top-level members as raw JSON,
+    views into the response's bytes, which it keeps alive."""
+
+    fields: dict[str, msgspec.Raw]
+    size: int
+    """Bytes of the whole response."""
+
+
+@dataclass
 class Frame:
     kind: str
     data: bytes | bytearray
@@ -234,8 +244,10 @@ class Upstream:
         session: str | None = None,
         instance: str | None = None,
         on_accept: OnAccept | None = None,
+        raw: bool = False,
     ) -> Any:
-        """Send one request to `server` and return the decoded `result`; raise MCPError otherwise.
+        """Send one request to `server` and return the decoded `result` (a RawResult when `raw`);
+        raise MCPError otherwise.
 
         Delivery: no accept in time -> sent again (nothing ran); a busy replica -> sent again
         until `overload_wait`; accepted and then lost -> sent again only when `idempotent`,
@@ -282,7 +294,15 @@ class Upstream:
                 left = timeout - (anyio.current_time() - started)
                 try:
                     return await self._exchange(
-                        server, send, left, on_notify, on_request, accepted=False, upload=pieces, on_accept=on_accept
+                        server,
+                        send,
+                        left,
+                        on_notify,
+                        on_request,
+                        accepted=False,
+                        upload=pieces,
+                        on_accept=on_accept,
+                        raw=raw,
                     )
                 except _Gone:
                     raise SessionLost(server, "the instance no longer holds this session") from None
@@ -354,6 +374,7 @@ class Upstream:
         accepted: bool,
         upload: list[bytes] | None = None,
         on_accept: OnAccept | None = None,
+        raw: bool = False,
     ) -> Any:
         # Unguessable: adapters may publish to any reply subject, so a token must not be
         # derivable from one an adapter has seen (it could inject frames into other calls).
@@ -364,7 +385,7 @@ class Upstream:
         finished = False
         try:
             await send(reply)
-            result = await self._await_result(server, call, timeout, on_notify, on_request, accepted, on_accept)
+            result = await self._await_result(server, call, timeout, on_notify, on_request, accepted, on_accept, raw)
             finished = True
             return result
         except _NotAccepted:
@@ -392,6 +413,7 @@ class Upstream:
         on_request: OnRequest | None,
         accepted: bool,
         on_accept: OnAccept | None = None,
+        raw: bool = False,
     ) -> Any:
         deadline = anyio.current_time() + timeout
         while True:
@@ -428,6 +450,8 @@ class Upstream:
                         await on_accept(frame.instance)
                 continue
             if frame.kind == headers.Kind.RESULT:
+                if raw:
+                    return RawResult(jsonrpc.result_fields_of(frame.data), len(frame.data))
                 return jsonrpc.result_of(frame.data)
             if frame.kind == headers.Kind.NOTIFY and on_notify is not None:
                 try:
