@@ -22,6 +22,13 @@ from opentelemetry.trace import Span, SpanKind
 
 tracer = trace.get_tracer("fedmcp")
 
+
+def recording() -> bool:
+    """Whether a tracer provider is installed (else every span is a no-op and the hot paths make none;
+    trace context still passes through, so a trace continues across a hop that records nothing)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 RPC_TEMPLATE = "{prefix}.rpc.{server}"
 
 
@@ -76,6 +83,9 @@ def _messaging(operation: str, destination: str, server: str) -> dict[str, str]:
 
 @contextmanager
 def producer(destination: str, server: str) -> Iterator[Span]:
+    if not recording():
+        yield trace.INVALID_SPAN
+        return
     attributes = _messaging("send", destination, server)
     with tracer.start_as_current_span(f"send {destination}", kind=SpanKind.PRODUCER, attributes=attributes) as span:
         yield span
@@ -87,6 +97,9 @@ def consumer(headers: Mapping[str, str] | None, destination: str, server: str) -
     # Nothing to continue without a traceparent (baggage travels only with one): skip the propagators.
     token = context.attach(propagate.extract(dict(headers))) if headers and "traceparent" in headers else None
     try:
+        if not recording():
+            yield trace.INVALID_SPAN
+            return
         attributes = _messaging("process", destination, server)
         with tracer.start_as_current_span(
             f"process {destination}", kind=SpanKind.CONSUMER, attributes=attributes

@@ -31,8 +31,16 @@ import msgspec
 from anyio.abc import TaskGroup
 from fedmcp.edge.auth import SCOPE_KEY
 from fedmcp.edge.guard import MESSAGE_KEY
-from fedmcp.edge.server import FederatedServer, Front, finish_result, forward_params_of, strip_reserved
+from fedmcp.edge.server import (
+    RESERVED_META_PREFIX,
+    FederatedServer,
+    Front,
+    finish_result,
+    forward_params_of,
+    strip_reserved,
+)
 from fedmcp.edge.upstream import RawResult
+from fedmcp.shared import telemetry
 from fedmcp.shared.policy import Principal
 from fedmcp.shared.routing import Route
 from mcp.server.runner import modern_error_data
@@ -57,8 +65,9 @@ from mcp_types import (
 )
 from mcp_types import methods as sdk_methods
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import Span, SpanKind, StatusCode
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -114,6 +123,7 @@ class FastLane:
         self.path = path
         self.federated = federated
         self._watchers: TaskGroup | None = None
+        self._valid_envelopes: set[bytes] = set()
         self._header_maps: dict[int, bool] = {}
         """id(inputSchema) -> whether that schema mirrors arguments into Mcp-Param-* headers."""
 
@@ -171,12 +181,26 @@ class FastLane:
         if not isinstance(meta.get(CLIENT_CAPABILITIES_META_KEY), dict) or name_header is None:
             return None
         try:
-            if decode_header_value(name_header) != name:
+            if decode_header_value(name_header) != name or not self._valid(wanted, version, params, meta):
                 return None
-            sdk_methods.validate_client_request(wanted, version, params)
         except (ValidationError, ValueError, KeyError):
             return None
         return _Plan(wanted, request_id, version, name, arguments is not None, meta, params)
+
+    def _valid(self, method: str, version: str, params: dict[str, Any], meta: dict[str, Any]) -> bool:
+        """The SDK's validation of the request's params (raises ValidationError), remembered per envelope:
+        beside it a plain request has only a string name or URI, an arguments object and free-form
+        `_meta` keys, which `_plan` checked, so one envelope that passed passes again."""
+        envelope = _encoder.encode(
+            [method, version, {k: v for k, v in meta.items() if k.startswith(RESERVED_META_PREFIX)}]
+        )
+        if envelope in self._valid_envelopes:
+            return True
+        sdk_methods.validate_client_request(method, version, params)
+        if len(self._valid_envelopes) >= 1024:
+            self._valid_envelopes.clear()
+        self._valid_envelopes.add(envelope)
+        return True
 
     def _mirrors_headers(self, name: str) -> bool:
         """Whether the tool declares arguments mirrored into headers (then the SDK checks them)."""
@@ -235,14 +259,7 @@ class FastLane:
             forwarded["name"] = route.name
             attributes |= {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": plan.name}
         answer = _Answer(send)
-        with _tracer.start_as_current_span(
-            f"{CALL} {plan.name}" if plan.method == CALL else READ,
-            kind=SpanKind.SERVER,
-            attributes=attributes,
-            context=extract_trace_context(plan.meta),
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
+        with _server_span(f"{CALL} {plan.name}" if plan.method == CALL else READ, attributes, plan.meta) as span:
             reply: tuple[int, list[Buffer]] | None = (
                 None  # stays None when the client went away (the call is cancelled)
             )
@@ -359,6 +376,30 @@ class FastLane:
         if meta is not None:
             pieces += [b'"_meta":' + _encoder.encode(meta), b","]
         return [b"{", *pieces[:-1], b"}"] if pieces else [b"{}"]
+
+
+@contextmanager
+def _server_span(name: str, attributes: dict[str, Any], meta: dict[str, Any]) -> Iterator[Span]:
+    """The SDK's SERVER span, its parent taken from the envelope's trace context; when nothing records
+    spans, only that context is made current (so it still travels on to the backing server)."""
+    if telemetry.recording():
+        with _tracer.start_as_current_span(
+            name,
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+            context=extract_trace_context(meta),
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            yield span
+        return
+    parent = extract_trace_context(meta) if "traceparent" in meta else None
+    token = otel_context.attach(parent) if parent is not None else None
+    try:
+        yield trace.INVALID_SPAN
+    finally:
+        if token is not None:
+            otel_context.detach(token)
 
 
 class _Answer:
