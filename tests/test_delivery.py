@@ -16,8 +16,9 @@ import msgspec
 import pytest
 from conftest import federation, python_server
 from fedmcp.cli.inspect import read_state
-from fedmcp.shared import bus, jsonrpc
+from fedmcp.shared import bus, headers, jsonrpc
 from fedmcp.shared.natsserver import NatsServer
+from fedmcp.shared.subjects import Subjects
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 from nats.aio.msg import Msg
@@ -307,3 +308,46 @@ async def test_load_spreads_evenly_across_three_replicas(nats_server: NatsServer
         assert sum(served) == calls
         # NATS picks a queue member at random: 300 +/- 15% is more than 3 standard deviations.
         assert all(abs(s - calls / 3) <= 0.15 * calls / 3 for s in served), served
+
+
+async def frames_of(nats_url: str, tool: str, arguments: dict[str, object], *, idempotent: bool) -> list[str]:
+    """The kinds of the frames an adapter sends back for one request published straight onto the bus."""
+    nc = await bus.connect(nats_url, name="test-frames")
+    try:
+        inbox = nc.new_inbox()
+        got: list[str] = []
+        done = anyio.Event()
+
+        async def on_frame(msg: Msg) -> None:
+            got.append((msg.headers or {}).get(headers.KIND, ""))
+            if got[-1] == headers.Kind.RESULT:
+                done.set()
+
+        await nc.subscribe(inbox, cb=on_frame)
+        hdrs = headers.base(
+            {
+                headers.DEADLINE: headers.deadline_in(10),
+                headers.ACCEPT_BY: headers.deadline_in(2),
+                headers.FRONT_VERSION: "2026-07-28",
+                headers.CLIENT_CAPABILITIES: "{}",
+            }
+        )
+        if idempotent:
+            hdrs[headers.IDEMPOTENT] = "1"
+        payload = jsonrpc.encode_request("tools/call", {"name": tool, "arguments": arguments}, 1)
+        await nc.publish(Subjects().rpc("ledger"), payload, reply=inbox, headers=hdrs)
+        with anyio.fail_after(10):
+            await done.wait()
+        return got
+    finally:
+        await nc.close()
+
+
+async def test_a_quick_idempotent_call_is_answered_by_its_result_alone(nats_server: NatsServer, tmp_path: Path) -> None:
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("ledger", python_server("ledger.py", env={"LEDGER": str(tmp_path / "ledger.txt")}))
+        assert await frames_of(nats_server.url, "balance", {"seconds": 0}, idempotent=True) == ["result"]
+        # Not marked safe to run twice: the accept goes out before the call reaches the server.
+        assert await frames_of(nats_server.url, "balance", {"seconds": 0}, idempotent=False) == ["accept", "result"]
+        # Still running after the accept delay: accepted, so the edge does not send it again.
+        assert await frames_of(nats_server.url, "balance", {"seconds": 0.3}, idempotent=True) == ["accept", "result"]
