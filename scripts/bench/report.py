@@ -394,7 +394,7 @@ def markdown(run: Run, previous: str = "") -> str:
         "",
         "```",
         "# the bench dependency group (matplotlib, psutil) is not part of the dev/CI install; --group adds it",
-        "uv run --group bench python scripts/bench/run.py           # full run (~12 min): docs/benchmarks.md + .png",
+        "uv run --group bench python scripts/bench/run.py           # full run (~6 min): docs/benchmarks.md + .png",
         "uv run --group bench python scripts/bench/run.py --quick   # < 1 min: direct HTTP vs fedmcp, printed only",
         "uv run --group bench python scripts/bench/run.py --help    # rounds, calls, extras, profiling, --only",
         "```",

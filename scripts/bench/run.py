@@ -14,7 +14,7 @@ list_changed latency after adapter joins, edge RSS with 10,000 idle handshake-er
 resource read; then py-spy profiles of the edge and the adapter under load.
 
     uv sync --group bench
-    uv run python scripts/bench/run.py            # full (~10 min), writes docs/benchmarks.md + .png
+    uv run python scripts/bench/run.py            # full (~6 min), writes docs/benchmarks.md + .png
     uv run python scripts/bench/run.py --quick    # < 1 min, direct-http and fedmcp only, printed
 """
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import anyio
 import msgspec
+import structlog
 from anyio.abc import TaskGroup
 from fedmcp.edge.auth import SCOPE_KEY
 from fedmcp.edge.guard import MESSAGE_KEY
@@ -95,6 +96,7 @@ _SSE_HEADERS = [
     (b"connection", b"keep-alive"),
     (b"x-accel-buffering", b"no"),
 ]
+log = structlog.get_logger("fedmcp.edge.fastlane")
 _encoder = msgspec.json.Encoder()
 Buffer = bytes | memoryview
 _tracer = trace.get_tracer("mcp-python-sdk")  # the SDK's own SERVER span, as the slow path makes it
@@ -128,8 +130,14 @@ class FastLane:
         """id(inputSchema) -> whether that schema mirrors arguments into Mcp-Param-* headers."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        plan = self._plan(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
-        admitted = self._admit(plan, scope) if plan is not None else None
+        plan = admitted = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            try:
+                plan = self._plan(scope)
+                admitted = self._admit(plan, scope) if plan is not None else None
+            except Exception:  # whatever puzzles the lane is the SDK path's to answer
+                log.debug("fast lane passed on a request it could not read", exc_info=True)
+                admitted = None
         if plan is None or admitted is None:
             await self.app(scope, receive, send)
             return
