@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from opentelemetry import context, propagate, trace
+from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -68,8 +68,9 @@ def configure(service: str, *, region: str = "local", instance: str = "") -> Tra
 
 
 def inject(headers: dict[str, str]) -> None:
-    """Write the current trace context (W3C traceparent/tracestate) into NATS headers."""
-    propagate.inject(headers)
+    """Write the current trace context (W3C traceparent/tracestate, baggage) into NATS headers."""
+    if trace.get_current_span().get_span_context().is_valid or baggage.get_all():
+        propagate.inject(headers)
 
 
 def _messaging(operation: str, destination: str, server: str) -> dict[str, str]:

@@ -386,6 +386,8 @@ class FederatedServer:
         code: int | None = None
         metrics.EDGE_INFLIGHT.inc()
         try:
+            if front.ctx is None or front.modern:  # nothing to poll (the fast lane's requests included)
+                return await self._forward_measured(front, server, method, params, idempotent, raw)
             async with self._polling(front.ctx):
                 return await self._forward_measured(front, server, method, params, idempotent, raw)
         except MCPError as exc:
@@ -398,19 +400,14 @@ class FederatedServer:
             )
 
     @asynccontextmanager
-    async def _polling(self, ctx: ServerRequestContext[Any, Any] | None) -> AsyncIterator[None]:
+    async def _polling(self, ctx: ServerRequestContext[Any, Any]) -> AsyncIterator[None]:
         """SEP-1699: a call still running after `sse_poll_after` seconds has its POST stream closed
         with a retry hint; the client comes back with `Last-Event-ID` and gets the rest from the
         event store. Frees connections on long calls (and through proxies that cut idle ones).
         The SDK offers the close only to resumable (2025-11-25) sessions; a 2026-07-28 stream
         close means cancel, so those are never closed."""
-        close = ctx.close_sse_stream if ctx is not None else None
-        if (
-            ctx is None
-            or self.sse_poll_after is None
-            or close is None
-            or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
-        ):
+        close = ctx.close_sse_stream
+        if self.sse_poll_after is None or close is None or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
             yield
             return
         after = self.sse_poll_after
