@@ -268,9 +268,8 @@ class FastLane:
             attributes |= {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": plan.name}
         answer = _Answer(send)
         with _server_span(f"{CALL} {plan.name}" if plan.method == CALL else READ, attributes, plan.meta) as span:
-            reply: tuple[int, list[Buffer]] | None = (
-                None  # stays None when the client went away (the call is cancelled)
-            )
+            # Stays None when the client went away (then the call is cancelled).
+            reply: tuple[int, list[Buffer]] | None = None
             with anyio.CancelScope() as call, self._watched(answer, receive, call):
                 try:
                     if plan.method == CALL:

@@ -29,7 +29,7 @@ import msgspec
 from anyio.abc import ByteSendStream
 from fedmcp.shared import jsonrpc, telemetry
 from mcp.shared.exceptions import MCPError
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 ID_PREFIX = "fedmcp-"
@@ -99,7 +99,7 @@ class RawLane:
     ) -> msgspec.Raw:
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         meta: dict[str, Any] = dict((params or {}).get("_meta") or {})
-        propagate.inject(meta)
+        telemetry.inject(meta)
         if meta:
             params = {**(params or {}), "_meta": meta}
         if params is not None:
