@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
+from fedmcp.shared.headers import TRACEPARENT
 from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -96,7 +97,7 @@ def producer(destination: str, server: str) -> Iterator[Span]:
 def consumer(headers: Mapping[str, str] | None, destination: str, server: str) -> Iterator[Span]:
     """A span continuing the sender's trace (made current, not copied, so SDK spans nest under it)."""
     # Nothing to continue without a traceparent (baggage travels only with one): skip the propagators.
-    token = context.attach(propagate.extract(dict(headers))) if headers and "traceparent" in headers else None
+    token = context.attach(propagate.extract(dict(headers))) if headers and TRACEPARENT in headers else None
     try:
         if not recording():
             yield trace.INVALID_SPAN

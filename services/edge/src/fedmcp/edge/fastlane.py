@@ -1,19 +1,20 @@
-"""The hot path: a plain 2026-07-28 `tools/call` over Streamable HTTP, served without the SDK's server.
+"""The hot path: a plain 2026-07-28 `tools/call` or `resources/read` over Streamable HTTP, served
+without the SDK's server.
 
-Most traffic through a gateway is tool calls, and in the stateless era each one
+Most traffic through a gateway is tool calls (and reads), and in the stateless era each one
 is a self-contained POST. For those the SDK's machinery (the session manager,
 the modern transport with its per-request task group, the server runner, its
 pydantic request context) costs more CPU than the bus hop itself. This ASGI
 layer sits innermost, behind the guards and the authentication gate, and takes
-a request only when it is the common case: one `tools/call` whose headers and
-envelope agree, with no progress token, no log level, no `requestState` and no
-`Mcp-Param-*` headers, for a tool the caller may use without consent. Anything
+a request only when it is the common case: one `tools/call` or `resources/read` whose
+headers and envelope agree, with no progress token, no log level, no `requestState` and no
+`Mcp-Param-*` headers, for a tool the caller may use without consent (a resource it may see). Anything
 else, including every malformed request, goes on to the SDK unchanged, so its
 answers (codes, HTTP statuses, messages) stay the SDK's.
 
 What it does is what the SDK path does for such a request: the same envelope
 validation (the SDK's own validator), the same SERVER span, the same forwarding
-code (`FederatedServer.forward_call`: audit, metrics, delivery), the same result
+code (`FederatedServer.forward_call` / `forward_read`: audit, metrics, delivery), the same result
 shaping (the SDK's result serializer, `resultType`, the `serverInfo` stamp), a
 JSON answer, or an SSE stream with keepalive pings once a call runs past the
 SDK's deferral window, and closing the connection cancels the call.
@@ -41,7 +42,7 @@ from fedmcp.edge.server import (
     strip_reserved,
 )
 from fedmcp.edge.upstream import RawResult
-from fedmcp.shared import telemetry
+from fedmcp.shared import headers, telemetry
 from fedmcp.shared.policy import Principal
 from fedmcp.shared.routing import Route
 from mcp.server.runner import modern_error_data
@@ -52,6 +53,7 @@ from mcp.shared.inbound import (
     MCP_METHOD_HEADER,
     MCP_NAME_HEADER,
     MCP_PROTOCOL_VERSION_HEADER,
+    NAME_BEARING_METHODS,
     decode_header_value,
     find_invalid_x_mcp_header,
     x_mcp_header_map,
@@ -75,7 +77,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 CALL, READ = "tools/call", "resources/read"
 SIMPLE_PARAMS = {CALL: frozenset(("name", "arguments", "_meta")), READ: frozenset(("uri", "_meta"))}
 """The methods the lane serves, with the params a plain request of each has."""
-NAME_KEY = {CALL: "name", READ: "uri"}
 RAW_FROM = 1 << 20
 """Bytes of a read's response above which it is passed on as the server sent it (with the members
 fedmcp adds), written out of the bus message itself: a large blob is never decoded or copied whole."""
@@ -126,8 +127,9 @@ class FastLane:
         self.federated = federated
         self._watchers: TaskGroup | None = None
         self._valid_envelopes: set[bytes] = set()
-        self._header_maps: dict[int, bool] = {}
-        """id(inputSchema) -> whether that schema mirrors arguments into Mcp-Param-* headers."""
+        self._mirroring: tuple[object, dict[str, bool]] = (None, {})
+        """The routing table it was worked out for, and per tool name whether its inputSchema mirrors
+        arguments into Mcp-Param-* headers (worked out again for each new table)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         plan = admitted = None
@@ -179,7 +181,7 @@ class FastLane:
             return None
         if not SIMPLE_PARAMS[wanted].issuperset(params):
             return None
-        name = params.get(NAME_KEY[wanted])
+        name = params.get(NAME_BEARING_METHODS[wanted])
         meta = params.get("_meta")
         arguments = params.get("arguments")
         if not isinstance(name, str) or not isinstance(meta, dict) or not isinstance(arguments, dict | None):
@@ -189,13 +191,14 @@ class FastLane:
         if not isinstance(meta.get(CLIENT_CAPABILITIES_META_KEY), dict) or name_header is None:
             return None
         try:
-            if decode_header_value(name_header) != name or not self._valid(wanted, version, params, meta):
+            if decode_header_value(name_header) != name:
                 return None
+            self._validate(wanted, version, params, meta)
         except (ValidationError, ValueError, KeyError):
             return None
         return _Plan(wanted, request_id, version, name, arguments is not None, meta, params)
 
-    def _valid(self, method: str, version: str, params: dict[str, Any], meta: dict[str, Any]) -> bool:
+    def _validate(self, method: str, version: str, params: dict[str, Any], meta: dict[str, Any]) -> None:
         """The SDK's validation of the request's params (raises ValidationError), remembered per envelope:
         beside it a plain request has only a string name or URI, an arguments object and free-form
         `_meta` keys, which `_plan` checked, so one envelope that passed passes again."""
@@ -203,26 +206,24 @@ class FastLane:
             [method, version, {k: v for k, v in meta.items() if k.startswith(RESERVED_META_PREFIX)}]
         )
         if envelope in self._valid_envelopes:
-            return True
+            return
         sdk_methods.validate_client_request(method, version, params)
         if len(self._valid_envelopes) >= 1024:
             self._valid_envelopes.clear()
         self._valid_envelopes.add(envelope)
-        return True
 
     def _mirrors_headers(self, name: str) -> bool:
         """Whether the tool declares arguments mirrored into headers (then the SDK checks them)."""
-        tool = self.federated.view.table.tool_by_name.get(name) or {}
-        schema = tool.get("inputSchema")
-        if not isinstance(schema, dict):
-            return False
-        known = self._header_maps.get(id(schema))
-        if known is None:
-            if len(self._header_maps) > 4096:
-                self._header_maps.clear()
-            known = find_invalid_x_mcp_header(schema) is not None or bool(x_mcp_header_map(schema))
-            self._header_maps[id(schema)] = known
-        return known
+        table = self.federated.view.table
+        if self._mirroring[0] is not table:
+            self._mirroring = (table, {})
+        known = self._mirroring[1]
+        if name not in known:
+            schema = (table.tool_by_name.get(name) or {}).get("inputSchema")
+            known[name] = isinstance(schema, dict) and (
+                find_invalid_x_mcp_header(schema) is not None or bool(x_mcp_header_map(schema))
+            )
+        return known[name]
 
     def _admit(self, plan: _Plan, scope: Scope) -> tuple[Principal, Route] | None:
         """Who calls which tool or reads which resource, when policy lets them without a word:
@@ -333,7 +334,7 @@ class FastLane:
         if not isinstance(result, RawResult):
             return self._shape(plan.version, plan.method, result)
         if result.size > RAW_FROM:
-            return self._raw_pieces(plan.version, plan.method, result.fields)
+            return self._raw_pieces(plan.method, result.fields)
         decoded = {key: msgspec.json.decode(value) for key, value in result.fields.items()}
         return self._shape(plan.version, plan.method, finish_result(plan.version, decoded))
 
@@ -351,28 +352,25 @@ class FastLane:
                 raise MCPError(code=INTERNAL_ERROR, message="Handler returned an invalid result") from None
         if dumped.get("resultType") is None:
             dumped["resultType"] = "complete"
-        meta = dumped.get("_meta")
-        stamp = self.federated.server.server_info_stamp
-        if meta is None:
-            dumped["_meta"] = {SERVER_INFO_META_KEY: stamp}
-        elif isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None:
-            dumped["_meta"] = {**meta, SERVER_INFO_META_KEY: stamp}
+        dumped["_meta"] = self._stamped(dumped.get("_meta"))
         return dumped
 
-    def _raw_pieces(self, version: str, method: str, fields: dict[str, msgspec.Raw]) -> list[Buffer]:
+    def _stamped(self, meta: Any) -> Any:
+        """A result's `_meta` with this edge's `serverInfo` (a server-set one, or a non-object, is kept)."""
+        if meta is None or (isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None):
+            return {**(meta or {}), SERVER_INFO_META_KEY: self.federated.server.server_info_stamp}
+        return meta
+
+    def _raw_pieces(self, method: str, fields: dict[str, msgspec.Raw]) -> list[Buffer]:
         """A large result as the server sent it, plus what the SDK path adds (cache hints, `resultType`,
         this edge's `serverInfo` instead of the server's own envelope keys): JSON in pieces, the
         members' values as views into the bus message."""
         meta_raw = fields.get("_meta")
-        meta: Any = strip_reserved(msgspec.json.decode(meta_raw)) if meta_raw is not None else None
-        added: dict[str, Any] = {}
+        meta = self._stamped(strip_reserved(msgspec.json.decode(meta_raw)) if meta_raw is not None else None)
+        added: dict[str, Any] = {"resultType": "complete"}  # the lane serves 2026-07-28 clients only
         hint = self.federated.server.cache_hints.get(method)
         if hint is not None:
             added |= {"ttlMs": hint.ttl_ms, "cacheScope": hint.scope}
-        if version in MODERN_PROTOCOL_VERSIONS:
-            added["resultType"] = "complete"
-            if meta is None or (isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None):
-                meta = {**(meta or {}), SERVER_INFO_META_KEY: self.federated.server.server_info_stamp}
         pieces: list[Buffer] = []
         for key, value in added.items():
             if key not in fields:
@@ -380,9 +378,8 @@ class FastLane:
         for key, raw in fields.items():
             if key != "_meta":
                 pieces += [_encoder.encode(key) + b":", memoryview(raw), b","]
-        if meta is not None:
-            pieces += [b'"_meta":' + _encoder.encode(meta), b","]
-        return [b"{", *pieces[:-1], b"}"] if pieces else [b"{}"]
+        pieces += [b'"_meta":' + _encoder.encode(meta)]
+        return [b"{", *pieces, b"}"]
 
 
 @contextmanager
@@ -400,7 +397,7 @@ def _server_span(name: str, attributes: dict[str, Any], meta: dict[str, Any]) ->
         ) as span:
             yield span
         return
-    parent = extract_trace_context(meta) if "traceparent" in meta else None
+    parent = extract_trace_context(meta) if headers.TRACEPARENT in meta else None
     token = otel_context.attach(parent) if parent is not None else None
     try:
         yield trace.INVALID_SPAN
@@ -461,8 +458,8 @@ class _Answer:
             pieces = [b"event: message\r\ndata: ", *pieces, b"\r\n\r\n"]
         else:
             size = sum(memoryview(p).nbytes for p in pieces)
-            headers = [*_JSON_HEADERS, (b"content-length", str(size).encode())]
-            await self.send({"type": "http.response.start", "status": status, "headers": headers})
+            response_headers = [*_JSON_HEADERS, (b"content-length", str(size).encode())]
+            await self.send({"type": "http.response.start", "status": status, "headers": response_headers})
         if len(pieces) == 1:
             await self.send({"type": "http.response.body", "body": bytes(pieces[0]), "more_body": False})
             return

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -386,9 +386,9 @@ class FederatedServer:
         code: int | None = None
         metrics.EDGE_INFLIGHT.inc()
         try:
-            if front.ctx is None or front.modern:  # nothing to poll (the fast lane's requests included)
-                return await self._forward_measured(front, server, method, params, idempotent, raw)
-            async with self._polling(front.ctx):
+            # Only handshake-era requests through the SDK can poll (the fast lane's never do).
+            polling = self._polling(front.ctx) if front.ctx is not None and not front.modern else nullcontext()
+            async with polling:
                 return await self._forward_measured(front, server, method, params, idempotent, raw)
         except MCPError as exc:
             code = exc.error.code
@@ -405,9 +405,9 @@ class FederatedServer:
         with a retry hint; the client comes back with `Last-Event-ID` and gets the rest from the
         event store. Frees connections on long calls (and through proxies that cut idle ones).
         The SDK offers the close only to resumable (2025-11-25) sessions; a 2026-07-28 stream
-        close means cancel, so those are never closed."""
+        close means cancel, so those never come here."""
         close = ctx.close_sse_stream
-        if self.sse_poll_after is None or close is None or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        if self.sse_poll_after is None or close is None:
             yield
             return
         after = self.sse_poll_after
@@ -488,8 +488,7 @@ class FederatedServer:
             identity=self.governance.assertion(caller, server),
             raw=raw,
         )
-        entry = self.view.table.servers.get(server)
-        front_session = self.pins.front_session(ctx, entry) if ctx is not None else None
+        front_session = self.pins.front_session(ctx, self.view.table.servers.get(server)) if ctx is not None else None
         if front_session is not None:
             # A stateful server: this front session's own backing session, on the instance holding it.
             call = partial(self.pins.request, front_session, server, principal, call, expire=self.expire_session)

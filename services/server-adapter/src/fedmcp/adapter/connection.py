@@ -219,8 +219,10 @@ class BackingConnection:
                     elicitation_callback=self._on_elicitation,
                     list_roots_callback=self._on_list_roots,
                 )
-                await stack.enter_async_context(client)
-                OPENED.reset(opened)
+                try:
+                    await stack.enter_async_context(client)
+                finally:
+                    OPENED.reset(opened)
                 if self.mode in MODERN_PROTOCOL_VERSIONS:
                     # A pinned version skips the probe; ask for the real capabilities anyway.
                     raw = await client.session.send_discover(self.mode)

@@ -322,23 +322,23 @@ class Adapter:
         try:
             data = await self._body(msg, left)
         except MCPError as exc:
-            self._settle(call)
-            await self._fail(msg, None, exc.error.code, exc.error.message)
+            await self._fail(msg, None, exc.error.code, exc.error.message, call=call)
             return
         try:
             request = jsonrpc.decode_request(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self._settle(call)
-            await self._fail(msg, None, jsonrpc.INVALID_REQUEST, str(exc))
+            await self._fail(msg, None, jsonrpc.INVALID_REQUEST, str(exc), call=call)
             return
         if request.method not in SERVED_METHODS:
-            self._settle(call)
-            await self._fail(msg, request.id, jsonrpc.METHOD_NOT_FOUND, f"method {request.method!r} is not served")
+            await self._fail(
+                msg, request.id, jsonrpc.METHOD_NOT_FOUND, f"method {request.method!r} is not served", call=call
+            )
             return
         if "_meta" in (request.params or {}) and not isinstance((request.params or {})["_meta"], dict):
             # The SDK writes into `_meta` when it sends the request on: anything but an object breaks it.
-            self._settle(call)
-            await self._fail(msg, request.id, jsonrpc.INVALID_PARAMS, 'the "_meta" member of params must be an object')
+            await self._fail(
+                msg, request.id, jsonrpc.INVALID_PARAMS, 'the "_meta" member of params must be an object', call=call
+            )
             return
         try:
             body = await self._forward(request, call, msg.headers or {}, pin, first=not on_pinned_subject)
@@ -373,7 +373,12 @@ class Adapter:
             call.timer = None
         call.accepted = call.accepted or accepted
 
-    async def _fail(self, msg: Msg, request_id: jsonrpc.RequestId | None, code: int, message: str) -> None:
+    async def _fail(
+        self, msg: Msg, request_id: jsonrpc.RequestId | None, code: int, message: str, *, call: _Call | None = None
+    ) -> None:
+        """An error result; for a `call` already taken, it stands for its pending accept."""
+        if call is not None:
+            self._settle(call)
         await self._reply(msg.reply, headers.Kind.RESULT, jsonrpc.encode_error(request_id, code, message))
 
     async def _body(self, msg: Msg, left: float) -> bytes | bytearray:
