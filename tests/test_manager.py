@@ -201,6 +201,24 @@ async def test_a_heartbeat_handled_after_the_goodbye_does_not_bring_the_instance
             await nc.close()
 
 
+async def test_the_routing_table_follows_instances_joining_and_leaving_behind_an_unchanged_catalog(
+    nats_server: NatsServer,
+) -> None:
+    # A replica of the same server brings the same catalog: the catalog is not written again, yet the
+    # edges must see who serves it (the manager rewrites the entry's instances).
+    async with federation(nats_server.url) as fed:
+        assert fed.edge is not None
+        first = await fed.add_server("demo", demo_server())
+        second = await fed.add_server("demo", demo_server())
+        ids = {first.instance.instance, second.instance.instance}
+        with anyio.fail_after(20):
+            await fed.edge.view.wait_until(lambda table: set(table.servers["demo"].instances) == ids)
+            second.stop()
+            await fed.edge.view.wait_until(lambda table: table.servers["demo"].instances == [first.instance.instance])
+        catalogs, _ = await read_state(nats_server.url, "fedmcp")
+        assert catalogs["demo"].instances == [first.instance.instance]
+
+
 async def test_ls_shows_servers_instances_and_conflicts(nats_server: NatsServer) -> None:
     async with federation(nats_server.url) as fed:
         await fed.add_server("one", demo_server(prefix=""))

@@ -159,9 +159,14 @@ class Registry:
         return sorted(i for s, i in self.instances if s == server)
 
     async def _routes_changed(self, server: str) -> None:
-        await self._publish(
-            self.subjects.route_changed(server), envelopes.encode(self._instance_ids(server)), headers=headers.base()
-        )
+        """The server's set of instances changed: its catalog entry says who serves it, so edges see
+        the instances in their routing table (the catalog itself, and so every list, is unchanged)."""
+        instances = self._instance_ids(server)
+        entry = self.catalogs.get(server)
+        if entry is not None and entry.instances != instances:
+            entry.instances = instances
+            await self._put(self.catalogs_kv, server, envelopes.encode(entry))
+        await self._publish(self.subjects.route_changed(server), envelopes.encode(instances), headers=headers.base())
 
     async def _remove(self, server: str, instance: str, *, reason: str) -> None:
         if self.instances.pop((server, instance), None) is None:
