@@ -84,8 +84,10 @@ PIECE = 1 << 20
 """Largest piece of a raw result handed to the HTTP transport at once."""
 PING_INTERVAL = 15.0
 """Seconds of a silent call before the answer commits to SSE and pings (the SDK's deferral window)."""
-WATCH_AFTER = 0.05
-"""Seconds a call runs before it gets a watcher for the client going away (and for the pings)."""
+WATCH_AFTER = 0.5
+"""Seconds a call runs before it gets a watcher for the client going away (and for the pings): longer
+than a call takes on a loaded edge (tens of ms), so that the common call never needs one; a call
+whose client left sooner runs on for at most this long."""
 SESSION_HEADER = b"mcp-session-id"
 ROUTING_HEADERS = frozenset(
     h.lower().encode() for h in (MCP_PROTOCOL_VERSION_HEADER, MCP_METHOD_HEADER, MCP_NAME_HEADER)
@@ -307,7 +309,8 @@ class FastLane:
 
         def watch() -> None:
             answer.timer = None
-            watchers.start_soon(answer.keep_alive, receive, call)
+            answer.watch = anyio.CancelScope()
+            watchers.start_soon(answer.keep_alive, receive, call, answer.watch)
 
         answer.timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch)
         try:
@@ -315,7 +318,8 @@ class FastLane:
         finally:
             if answer.timer is not None:
                 answer.timer.cancel()
-            answer.watch.cancel()  # no more pings: the answer follows
+            if answer.watch is not None:  # (a cancel costs a repr of the task: only when there is a watcher)
+                answer.watch.cancel()  # no more pings: the answer follows
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -412,12 +416,12 @@ class _Answer:
     def __init__(self, send: Send) -> None:
         self.send = send
         self.streaming = False
-        self.watch = anyio.CancelScope()
+        self.watch: anyio.CancelScope | None = None
         self.timer: asyncio.TimerHandle | None = None
 
-    async def keep_alive(self, receive: Receive, call: anyio.CancelScope) -> None:
+    async def keep_alive(self, receive: Receive, call: anyio.CancelScope, watch: anyio.CancelScope) -> None:
         """Watch for the client going away (which cancels the call) and ping a long call's stream."""
-        with self.watch:
+        with watch:
             await self._keep_alive(receive, call)
 
     async def _keep_alive(self, receive: Receive, call: anyio.CancelScope) -> None:

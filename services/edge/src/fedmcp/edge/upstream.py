@@ -107,6 +107,26 @@ class Frame:
     reply: str | None = None
 
 
+class _ReplyTokens:
+    """Unguessable reply tokens (96 random bits each), drawn from the OS's random source a few
+    hundred at a time: one `urandom` call per call was a syscall on the hot path."""
+
+    __slots__ = ("_at", "_hex")
+    BATCH = 256
+    HEX_CHARS = 24
+
+    def __init__(self) -> None:
+        self._hex = ""
+        self._at = 0
+
+    def next(self) -> str:
+        if self._at >= len(self._hex):
+            self._hex, self._at = secrets.token_hex(self.BATCH * self.HEX_CHARS // 2), 0
+        token = self._hex[self._at : self._at + self.HEX_CHARS]
+        self._at += self.HEX_CHARS
+        return token
+
+
 class _Frames:
     """A call's frames in arrival order: put by the reply callback, taken by the call's task.
     (A deque and an event made only when the task has to wait: lighter than a memory stream per call.)"""
@@ -172,6 +192,7 @@ class Upstream:
         self.request_timeout = request_timeout
         self._tokens = itertools.count(1)
         self._calls: dict[str, _Call] = {}
+        self._reply_tokens = _ReplyTokens()
         self._abandoned: dict[str, str] = {}
         """Tokens of requests sent again after no accept, with their server, in case a late accept comes."""
         self._prefix_len = len(subjects.reply(edge_id, ""))
@@ -378,7 +399,7 @@ class Upstream:
     ) -> Any:
         # Unguessable: adapters may publish to any reply subject, so a token must not be
         # derivable from one an adapter has seen (it could inject frames into other calls).
-        token = secrets.token_hex(12)
+        token = self._reply_tokens.next()
         self._calls[token] = call = _Call(_Frames(), chunks.Assembler(self.max_payload_bytes))
         call.upload = upload or []
         reply = call.reply = self.subjects.reply(self.edge_id, token)
