@@ -143,6 +143,12 @@ class Noise:
     t0: float
     busy0: float
     ours0: float
+    steal0: float
+
+    @staticmethod
+    def steal() -> float:
+        """CPU time the hypervisor gave to other guests while this one wanted it (0 on bare metal)."""
+        return float(getattr(psutil.cpu_times(), "steal", 0.0))
 
     @staticmethod
     def busy() -> float:
@@ -160,7 +166,12 @@ class Noise:
 
     @classmethod
     def start(cls) -> Noise:
-        return cls(time.perf_counter(), cls.busy(), cls.ours())
+        return cls(time.perf_counter(), cls.busy(), cls.ours(), cls.steal())
+
+    def stolen_share(self) -> float:
+        """Share of the machine's CPU capacity taken by the hypervisor (a noisy neighbour)."""
+        elapsed = time.perf_counter() - self.t0
+        return max(0.0, (self.steal() - self.steal0) / (elapsed * (psutil.cpu_count() or 1)))
 
     def foreign_share(self) -> float:
         """Share of the machine's CPU capacity used by processes other than the harness and its children."""

@@ -36,6 +36,8 @@ class Run:
     quick: bool = False
     foreign_cpu: list[float] = field(default_factory=list)
     """Per round: share of the machine's CPU used by processes outside the harness."""
+    stolen_cpu: list[float] = field(default_factory=list)
+    """Per round: share of the machine's CPU the hypervisor gave to other guests (steal time)."""
 
     def active(self) -> list[Setup]:
         return [s for s in self.setups if not s.unavailable]
@@ -389,6 +391,8 @@ def markdown(run: Run, previous: str = "") -> str:
         f"- parameters: {', '.join(f'{k} {v}' for k, v in run.params.items())}",
         f"- other load on the machine during the rounds (CPU share used by processes outside the harness, "
         f"per round): {', '.join(f'{x:.0%}' for x in run.foreign_cpu) or 'n/a'}",
+        f"- CPU taken by the hypervisor for other guests during the rounds (steal time, per round): "
+        f"{', '.join(f'{x:.0%}' for x in run.stolen_cpu) or 'n/a'}",
         "",
         "## How to run",
         "",

@@ -121,9 +121,11 @@ async def measure(args: argparse.Namespace, stack: Stack, run: report.Run) -> No
                 for c in CONCURRENCY:
                     await load.throughput(s, args.throughput_calls, c, result)
             run.foreign_cpu.append(noise.foreign_share())
+            run.stolen_cpu.append(noise.stolen_share())
             print(
                 f"[{clock()}] round {rnd + 1}/{args.rounds} done in {time.perf_counter() - t0:.1f}s "
-                f"(CPU used by other processes on the machine: {run.foreign_cpu[-1]:.0%})",
+                f"(CPU used by other processes on the machine: {run.foreign_cpu[-1]:.0%}, "
+                f"taken by the hypervisor: {run.stolen_cpu[-1]:.0%})",
                 flush=True,
             )
         if args.profile_seconds > 0:

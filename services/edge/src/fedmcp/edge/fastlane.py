@@ -129,6 +129,7 @@ class FastLane:
         self.federated = federated
         self._watchers: TaskGroup | None = None
         self._valid_envelopes: set[bytes] = set()
+        self._server_info: dict[str, Any] | None = None
         self._mirroring: tuple[object, dict[str, bool]] = (None, {})
         """The routing table it was worked out for, and per tool name whether its inputSchema mirrors
         arguments into Mcp-Param-* headers (worked out again for each new table)."""
@@ -362,7 +363,11 @@ class FastLane:
     def _stamped(self, meta: Any) -> Any:
         """A result's `_meta` with this edge's `serverInfo` (a server-set one, or a non-object, is kept)."""
         if meta is None or (isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None):
-            return {**(meta or {}), SERVER_INFO_META_KEY: self.federated.server.server_info_stamp}
+            if self._server_info is None:
+                # The SDK's property deep-copies on every access so callers may mutate it; the lane only
+                # encodes what it stamps, so one copy serves every answer.
+                self._server_info = self.federated.server.server_info_stamp
+            return {**(meta or {}), SERVER_INFO_META_KEY: self._server_info}
         return meta
 
     def _raw_pieces(self, method: str, fields: dict[str, msgspec.Raw]) -> list[Buffer]:

@@ -21,7 +21,6 @@ from typing import Any
 import msgspec
 from fedmcp.shared import jsonrpc
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _decoder = msgspec.json.Decoder()
@@ -141,11 +140,16 @@ class RequestGuard:
             return 431, f"Request Header Fields Too Large: more than {self.max_header_bytes} bytes of headers"
         if scope["path"].rstrip("/") not in self.paths or not self.security.enable_dns_rebinding_protection:
             return None
-        headers = Headers(scope=scope)
+        host = origin = None
+        for key, value in raw:  # the first of each, as Starlette's Headers.get
+            if key == b"host" and host is None:
+                host = value.decode("latin-1")
+            elif key == b"origin" and origin is None:
+                origin = value.decode("latin-1")
         # The SDK's own checks (exact, or `name:*` for any port), plus `*` for "any".
-        if ANY not in self.security.allowed_hosts and not self._sdk._validate_host(headers.get("host")):
+        if ANY not in self.security.allowed_hosts and not self._sdk._validate_host(host):
             return 421, "Misdirected Request: this Host is not served here"
-        if ANY not in self.security.allowed_origins and not self._sdk._validate_origin(headers.get("origin")):
+        if ANY not in self.security.allowed_origins and not self._sdk._validate_origin(origin):
             return 403, "Forbidden: requests from this Origin are not allowed"
         return None
 
