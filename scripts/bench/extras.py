@@ -22,7 +22,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from scripts.bench.load import pct
-from scripts.bench.stack import BENCH, BIG_EVENTS, DEMO_ARGS, PY, Service, Stack, stop_all, wait_for_tool
+from scripts.bench.stack import BENCH, BIG_EVENTS, DEMO_ARGS, KEEPALIVE, PY, Service, Stack, stop_all, wait_for_tool
 
 LEGACY = "2025-11-25"
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -188,7 +188,7 @@ async def idle_sessions(stack: Stack, count: int, out: Extras) -> None:
         "params": {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}},
     }
     done_note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-    limits = httpx2.Limits(max_connections=32, max_keepalive_connections=32)
+    limits = httpx2.Limits(max_connections=32, max_keepalive_connections=32, keepalive_expiry=KEEPALIVE)
     t0 = time.perf_counter()
     async with httpx2.AsyncClient(timeout=httpx2.Timeout(30), limits=limits) as http:
         next_index = 0

@@ -6,9 +6,11 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from scripts.bench.cpuprof import INTERVAL
 from scripts.bench.extras import BIG_WIRE, Extras
+from scripts.bench.floor import Floor
 from scripts.bench.load import Result
 from scripts.bench.spy import Profile
 from scripts.bench.stack import Setup
@@ -38,6 +40,7 @@ class Run:
     """Per round: share of the machine's CPU used by processes outside the harness."""
     stolen_cpu: list[float] = field(default_factory=list)
     """Per round: share of the machine's CPU the hypervisor gave to other guests (steal time)."""
+    floor: Floor | None = None
 
     def active(self) -> list[Setup]:
         return [s for s in self.setups if not s.unavailable]
@@ -208,6 +211,30 @@ def results_table(run: Run) -> list[str]:
             f"Best peer at c=16: **{peer16}** ({peer16_v:.0f} calls/s); best peer p50: **{best_peer_p50(run)[0]}**."
         )
     return out
+
+
+def floor_table(run: Run) -> list[str]:
+    """The frameworks' floor (scripts/bench/floor.py) beside what the fedmcp services cost."""
+    f = run.floor
+    if f is None:
+        return []
+
+    def cost(costs: dict[int, Any], c: int, i: int) -> str:
+        return fmt(costs[c].cpu_ms[i], 3) if c in costs else "n/a"
+
+    def rate(costs: dict[int, Any], c: int) -> str:
+        return fmt(costs[c].rate, 0) if c in costs else "n/a"
+
+    lines = [
+        "| stand-in | process | CPU ms/call c=1 | CPU ms/call c=16 | calls/s c=1 | calls/s c=16 |",
+        "|---|---|---:|---:|---:|---:|",
+        f"| http: the edge's HTTP stack (uvicorn, httptools, uvloop), a canned tools/call answer | server "
+        f"| {cost(f.http, 1, 0)} | {cost(f.http, 16, 0)} | {rate(f.http, 1)} | {rate(f.http, 16)} |",
+        f"| bus: a nats-py responder, a canned result with the adapter's reply headers | responder "
+        f"| {cost(f.bus, 1, 0)} | {cost(f.bus, 16, 0)} | {rate(f.bus, 1)} | {rate(f.bus, 16)} |",
+        f"| | nats-server | {cost(f.bus, 1, 1)} | {cost(f.bus, 16, 1)} | | |",
+    ]
+    return lines + [f"- {note}" for note in f.notes]
 
 
 def cpu_table(run: Run) -> list[str]:
@@ -443,6 +470,17 @@ def markdown(run: Run, previous: str = "") -> str:
         *sys_table(run),
         "",
     ]
+    if run.floor is not None:
+        lines += [
+            "## The frameworks' floor",
+            "",
+            "What the edge's HTTP server and a bus client cost on their own, measured after the rounds on the same "
+            "machine (`scripts/bench/floor.py`): the part of the edge's and the adapter's CPU per call that no "
+            "fedmcp code adds.",
+            "",
+            *floor_table(run),
+            "",
+        ]
     if run.extras is not None:
         lines += ["## Catalog changes, idle sessions, large payloads", "", *extras_table(run.extras), ""]
     lines += ["## Acceptance targets", "", "| target | measured | verdict |", "|---|---|---|"]
@@ -487,6 +525,8 @@ def console(run: Run) -> str:
             )
         )
     lines += cpu
+    if run.floor is not None:
+        lines += ["", *floor_table(run)]
     if run.extras is not None:
         lines += ["", *extras_table(run.extras)]
     lines += ["", "targets:"] + [f"  [{v.strip('*')}] {t}: {m_}" for t, m_, v in targets(run)]

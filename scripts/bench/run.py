@@ -41,6 +41,7 @@ import psutil
 from fedmcp.shared.natsserver import binary as nats_binary
 
 from scripts.bench import extras as extras_mod
+from scripts.bench import floor as floor_mod
 from scripts.bench import load, report, spy
 from scripts.bench.stack import ROOT, Setup, Stack, ensure_venvs, peer_version, state_dir, tools_venv
 
@@ -133,6 +134,13 @@ async def measure(args: argparse.Namespace, stack: Stack, run: report.Run) -> No
             if target is not None:
                 await profile(args.profile_seconds, target, stack, run, native=args.profile_native)
         stop.set()
+    if args.floor:
+        print(f"[{clock()}] the frameworks' floor: {args.floor} calls each ...", flush=True)
+        run.floor = floor_mod.Floor()
+        try:
+            await floor_mod.measure(stack, args.floor, run.floor)
+        except Exception as exc:
+            run.floor.notes.append(f"floor measurement failed: {exc!r}"[:300])
     if args.joins or args.sessions or args.big_reads:
         ex = extras_mod.Extras()
         run.extras = ex
@@ -235,6 +243,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--joins", type=int, help="adapter joins for the list_changed latency (0: skip)")
     ap.add_argument("--sessions", type=int, help="idle handshake-era sessions on one edge (0: skip)")
     ap.add_argument("--big-reads", type=int, help="50 MB resource reads (0: skip)")
+    ap.add_argument("--floor", type=int, help="calls for the frameworks' floor (scripts/bench/floor.py; 0: skip)")
     ap.add_argument("--profile-seconds", type=float, help="py-spy the edge and adapter this long (0: skip)")
     ap.add_argument(
         "--profile-python-only",
@@ -247,9 +256,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args(argv)
     full = {"rounds": 5, "latency_calls": 200, "throughput_calls": 600, "joins": 20, "sessions": 10_000}
-    full |= {"big_reads": 1, "profile_seconds": 30}
+    full |= {"big_reads": 1, "profile_seconds": 30, "floor": 3000}
     quick = {"rounds": 3, "latency_calls": 30, "throughput_calls": 100, "joins": 0, "sessions": 0}
-    quick |= {"big_reads": 0, "profile_seconds": 0}
+    quick |= {"big_reads": 0, "profile_seconds": 0, "floor": 0}
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -32,6 +32,8 @@ BIG_EVENTS = 256 * 1024 * 1024
 """SSE event cap for the 50 MB read (the SDK client caps one event at 1 MiB by default)."""
 
 ProcFinder = Callable[[], list[psutil.Process]]
+KEEPALIVE = 2.0
+"""Seconds the harness's HTTP clients keep an idle connection: under the servers' 5 s (uvicorn's default)."""
 
 
 def state_dir() -> Path:
@@ -130,10 +132,12 @@ class Setup:
         else:
             assert self.url is not None
             # Same client-side pool for every HTTP setup: enough keep-alive connections for c=64, so that
-            # no setup pays for connection churn that is an artefact of httpx2's default of 20.
+            # no setup pays for connection churn that is an artefact of httpx2's default of 20. Idle ones are
+            # dropped before uvicorn's 5 s keep-alive timeout ends them: with both at 5 s, a request could go
+            # out on a connection the server was closing (a ReadError that ends the SDK client's session).
             http = httpx2.AsyncClient(
                 timeout=httpx2.Timeout(30, read=300),
-                limits=httpx2.Limits(max_connections=128, max_keepalive_connections=128),
+                limits=httpx2.Limits(max_connections=128, max_keepalive_connections=128, keepalive_expiry=KEEPALIVE),
             )
             stack.push_async_callback(http.aclose)
             client = Client(streamable_http_client(self.url, http_client=http), mode=mode, cache=None)
