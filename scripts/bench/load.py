@@ -152,8 +152,8 @@ class Noise:
 
     @staticmethod
     def busy() -> float:
-        t = psutil.cpu_times()
-        return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+        t = psutil.cpu_times()  # steal is time nobody here ran: reported apart (`steal`)
+        return float(sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "steal", 0.0))
 
     @staticmethod
     def ours() -> float:
