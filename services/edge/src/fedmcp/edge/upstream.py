@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import msgspec
 import structlog
-from fedmcp.shared import chunks, headers, jsonrpc, metrics, telemetry
+from fedmcp.shared import chunks, headers, jsonrpc, metrics, telemetry, timers
 from fedmcp.shared.subjects import Subjects
 from mcp.shared.exceptions import MCPError
 from nats.aio.client import Client as NATS
@@ -147,13 +147,16 @@ class _Frames:
             self._waiter.set()
         return True
 
-    async def take(self) -> Frame:
-        while not self._queued:
+    async def take(self, timeout: float) -> Frame | None:
+        """The next frame, or None when none came within `timeout` seconds."""
+        if not self._queued:
             self._waiter = anyio.Event()
             try:
-                await self._waiter.wait()
+                await timers.wait_set(self._waiter, timeout)
             finally:
                 self._waiter = None
+            if not self._queued:
+                return None
         return self._queued.popleft()
 
 
@@ -441,9 +444,7 @@ class Upstream:
             wait = deadline - anyio.current_time()
             # An accept sent just before the accept-by time is still on its way: allow for it.
             wait = min(wait, self.probe_after if accepted else self.accept_timeout + ACCEPT_GRACE)
-            frame: Frame | None = None
-            with anyio.move_on_after(max(wait, 0)):
-                frame = await call.frames.take()
+            frame = await call.frames.take(wait)
             if frame is None:
                 if not accepted and anyio.current_time() < deadline:
                     raise _NotAccepted
@@ -453,8 +454,7 @@ class Upstream:
                     continue
                 # "Not held" may be "just answered": the adapter sent its last frames before it said so,
                 # but they may still be queued for this call. Wait a moment for them before calling it lost.
-                with anyio.move_on_after(LOST_GRACE):
-                    frame = await call.frames.take()
+                frame = await call.frames.take(LOST_GRACE)
                 if frame is None:
                     raise _Lost
             if frame.kind == headers.Kind.BUSY:

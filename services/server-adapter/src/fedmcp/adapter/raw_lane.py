@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 import msgspec
 from anyio.abc import ByteSendStream
-from fedmcp.shared import jsonrpc, telemetry
+from fedmcp.shared import jsonrpc, telemetry, timers
 from mcp.shared.exceptions import MCPError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
@@ -112,8 +112,7 @@ class RawLane:
             except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
                 self.close()
                 raise MCPError(code=jsonrpc.CONNECTION_CLOSED_SDK, message="Connection closed") from None
-            with anyio.move_on_after(timeout):
-                await waiting.done.wait()
+            await timers.wait_set(waiting.done, timeout)
             reply = waiting.reply
             if reply is None:
                 if self.closed:
