@@ -41,7 +41,7 @@ import pytest
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from conftest import demo_server, federation
-from fedmcp.shared import BUS_PROTOCOL_VERSION, bus, headers, jsonrpc, natsguard
+from fedmcp.shared import BUS_PROTOCOL_VERSION, bus, headers, jsonrpc
 from fedmcp.shared.natsserver import NatsServer
 from fedmcp.shared.subjects import Subjects
 from hypothesis import HealthCheck, given, settings
@@ -848,9 +848,31 @@ async def test_adapter_answers_the_envelopes_that_broke_it(nats_server: NatsServ
     assert not [entry for entry in logged if entry.get("log_level") in ("error", "critical")]
 
 
+async def test_edge_and_manager_hear_on_after_header_blocks_nats_py_cannot_parse(nats_server: NatsServer) -> None:
+    """Anyone allowed to publish on an edge's reply subjects or the manager's announce subject could
+    stop its read loop with one such block; bus.connect guards every service's connection."""
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("demo", demo_server())
+        assert fed.edge is not None
+        subjects = Subjects()
+        targets = [subjects.reply(fed.edge.edge_id, "nobody"), subjects.announce("ghost", "g1")]
+        raw = raw_nats_publisher(nats_server.port)
+        try:
+            for subject in targets:
+                for block in (b"NATS/1.0", b"NATS/1.0 \xff\xff\r\n\r\n"):
+                    raw.sendall(f"HPUB {subject} {len(block)} {len(block) + 2}\r\n".encode() + block + b"{}\r\n")
+        finally:
+            raw.close()
+        with anyio.fail_after(15):  # far less than the ~30 s a deaf connection takes to be declared stale
+            await still_serving(fed.url)
+            # The manager still registers what is announced: a new server joins the edge's catalog.
+            await fed.add_server("late", demo_server())
+        assert fed.edge.nc.stats["reconnects"] == 0
+
+
 async def test_a_flush_that_gave_up_leaves_the_connection_readable(nats_server: NatsServer) -> None:
     """nats-py 2.16: the PONG for a flush that timed out used to stop the read loop (natsguard mends it)."""
-    nc = natsguard.harden(await bus.connect(nats_server.url, name="test-flush"))
+    nc = await bus.connect(nats_server.url, name="test-flush")  # bus.connect applies natsguard
     try:
         gave_up = 0
         for _ in range(20):  # a flush gives up long before its PONG can arrive (almost always: retried)

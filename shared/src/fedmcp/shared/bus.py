@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import nats
 import structlog
-from fedmcp.shared import metrics, tls
+from fedmcp.shared import metrics, natsguard, tls
 from nats.aio.client import Client as NATS
 
 log = structlog.get_logger("fedmcp.bus")
@@ -72,11 +72,13 @@ async def connect(url: str, *, name: str, **options: Any) -> NATS:
     if secure is not None:
         settings.update(secure.options())
     settings.update(options)
+    # Every service's connection gets the guard: a malformed header block from any publisher, or a
+    # flush that gave up, must not stop its read loop (see natsguard).
     if settings.get("tls") is None:
-        return await nats.connect(url.split(","), **settings)
+        return natsguard.harden(await nats.connect(url.split(","), **settings))
     nc = _TlsOnlyClient()
     await nc.connect(url.split(","), **settings)
-    return nc
+    return natsguard.harden(nc)
 
 
 class _TlsOnlyClient(NATS):
