@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -16,7 +17,7 @@ from conftest import demo_server, federation
 from fedmcp.adapter.service import Adapter
 from fedmcp.cli.inspect import read_state, render
 from fedmcp.manager.main import run_manager
-from fedmcp.shared import bus, discovery, envelopes, headers
+from fedmcp.shared import buckets, bus, discovery, envelopes, headers
 from fedmcp.shared.envelopes import Heartbeat, Instance
 from fedmcp.shared.natsserver import NatsServer
 from fedmcp.shared.subjects import Subjects
@@ -217,6 +218,49 @@ async def test_the_routing_table_follows_instances_joining_and_leaving_behind_an
             await fed.edge.view.wait_until(lambda table: table.servers["demo"].instances == [first.instance.instance])
         catalogs, _ = await read_state(nats_server.url, "fedmcp")
         assert catalogs["demo"].instances == [first.instance.instance]
+
+
+async def test_taking_over_while_adapters_announce(nats_server: NatsServer) -> None:
+    # A follower becoming leader writes what it learnt, one KV write at a time; an announce handled
+    # while a write waits adds an instance. (Iterating the live dict failed: "dictionary changed size",
+    # and the west manager of the topology test died of it.)
+    from fedmcp.manager.registry import Registry
+
+    subjects = Subjects()
+    nc = await bus.connect(nats_server.url, name="test-takeover")
+    try:
+        js = nc.jetstream(timeout=5)
+        instances_kv = await buckets.open_bucket(js, subjects, buckets.REGISTRY, buckets.LOCAL)
+        started = time.time()
+        announced: list[Instance] = []
+
+        class AnnouncedMeanwhile:
+            """The real bucket; each write lets one announce in while it waits."""
+
+            async def put(self, key: str, value: bytes) -> int:
+                if len(announced) < 5:
+                    announced.append(Instance(server="ghost", instance=f"new{len(announced)}", started_at=started))
+                    await registry._upsert(announced[-1])
+                return await instances_kv.put(key, value)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(instances_kv, name)
+
+        registry = Registry(
+            nc,
+            subjects,
+            AnnouncedMeanwhile(),  # type: ignore[arg-type]
+            await buckets.open_bucket(js, subjects, buckets.CATALOGS, buckets.LOCAL),
+            leader=False,
+        )
+        for i in range(3):
+            await registry._upsert(Instance(server="ghost", instance=f"old{i}", started_at=started))
+        with anyio.fail_after(20):
+            await registry.lead()
+        _, instances = await read_state(nats_server.url, "fedmcp")
+        assert {i.instance for i in instances} == {f"old{i}" for i in range(3)} | {f"new{i}" for i in range(5)}
+    finally:
+        await nc.close()
 
 
 async def test_ls_shows_servers_instances_and_conflicts(nats_server: NatsServer) -> None:

@@ -62,9 +62,10 @@ class Registry:
         that has not changed since is not written again), so write it all now; then ask every
         adapter to announce, so the buckets match what is running."""
         self.leader = True
-        for server, entry in self.catalogs.items():
+        # Snapshots: announces and heartbeats are handled while these writes wait.
+        for server, entry in list(self.catalogs.items()):
             await self._put(self.catalogs_kv, server, envelopes.encode(entry))
-        for inst in self.instances.values():
+        for inst in list(self.instances.values()):
             await self._put(self.instances_kv, self._key(inst), envelopes.encode(inst))
         for server in {s for s, _ in self.instances} | set(self.catalogs):
             await self._publish(self.subjects.reannounce(server), b"", headers.base())
