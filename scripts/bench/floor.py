@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,7 +112,7 @@ class Floor:
     notes: list[str] = field(default_factory=list)
 
 
-async def _load(calls: int, concurrency: int, one: object) -> float:
+async def _load(calls: int, concurrency: int, one: Callable[[], Awaitable[None]]) -> float:
     """`calls` calls of `one()` by `concurrency` workers; calls per second."""
     remaining = calls
 
@@ -119,7 +120,7 @@ async def _load(calls: int, concurrency: int, one: object) -> float:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            await one()  # type: ignore[operator]
+            await one()
 
     t0 = time.perf_counter()
     async with anyio.create_task_group() as tg:
@@ -128,7 +129,7 @@ async def _load(calls: int, concurrency: int, one: object) -> float:
     return calls / (time.perf_counter() - t0)
 
 
-async def _charged(procs: list[psutil.Process], calls: int, one: object) -> dict[int, Cost]:
+async def _charged(procs: list[psutil.Process], calls: int, one: Callable[[], Awaitable[None]]) -> dict[int, Cost]:
     await _load(min(300, calls), 16, one)  # warm-up
     costs = {}
     for concurrency in CONCURRENCIES:
@@ -142,10 +143,9 @@ async def _charged(procs: list[psutil.Process], calls: int, one: object) -> dict
 async def measure(stack: Stack, calls: int, out: Floor) -> None:
     """Start both stand-ins beside the stack's nats-server and measure them."""
     assert stack.nats is not None and stack.nats_proc is not None
-    script = SCRIPT
     port = free_port()
-    http_service = stack.spawn("floor-http", [PY, script, "http", str(port)])
-    bus_service = stack.spawn("floor-bus", [PY, script, "bus", stack.nats.url])
+    http_service = stack.spawn("floor-http", [PY, SCRIPT, "http", str(port)])
+    bus_service = stack.spawn("floor-bus", [PY, SCRIPT, "bus", stack.nats.url])
     url = f"http://127.0.0.1:{port}/mcp"
     async with httpx2.AsyncClient(
         timeout=30, limits=httpx2.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE)

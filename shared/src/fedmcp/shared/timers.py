@@ -13,22 +13,13 @@ import asyncio
 import anyio
 
 
-async def wait_set(event: anyio.Event, timeout: float) -> bool:
-    """Wait until `event` is set or `timeout` seconds have passed; False when the time ran out.
-    The event must be this waiter's own: when the time runs out it is set (callers check what they
-    waited for, which may have come at the same moment). Cancellation works as for any await."""
+async def wait_set(event: anyio.Event, timeout: float) -> None:
+    """Wait until `event` is set or `timeout` seconds have passed. The event must be this waiter's
+    own: when the time runs out it is set, and callers check what they waited for."""
     if event.is_set():
-        return True
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        event.set()
-
-    timer = asyncio.get_running_loop().call_later(max(timeout, 0.0), expire)  # (nats-py runs on asyncio)
+        return
+    timer = asyncio.get_running_loop().call_later(max(timeout, 0.0), event.set)  # (nats-py runs on asyncio)
     try:
         await event.wait()
     finally:
         timer.cancel()
-    return not expired
