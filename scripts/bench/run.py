@@ -252,6 +252,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="py-spy without --native (then uvloop's idle epoll time shows as Runner.run)",
     )
     ap.add_argument("--only", help="comma-separated setup names to measure")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of another revision with its own .venv (uv sync there): its standard path is measured "
+        "as fedmcp-base in the same rounds, for a before/after that machine drift cannot skew",
+    )
     ap.add_argument("--out", type=Path, help="markdown to write (default: docs/benchmarks.md; --quick: none)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args(argv)
@@ -273,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     for noisy in ("httpx2", "httpx", "mcp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=state_dir()))
-    stack = Stack(work, cpuprof=args.profile_seconds > 0)
+    stack = Stack(work, cpuprof=args.profile_seconds > 0, baseline=args.baseline)
     run = report.Run(setups=[], results={}, extras=None, quick=args.quick)
     run.params = {
         "rounds": str(args.rounds),

@@ -93,10 +93,10 @@ def stop_all(services: list[Service]) -> None:
         service.wait()
 
 
-def fedmcp_cmd(*args: str, cpuprof: Path | None = None) -> list[str]:
+def fedmcp_cmd(*args: str, cpuprof: Path | None = None, py: str = PY) -> list[str]:
     if cpuprof is not None:
-        return [PY, str(BENCH / "cpuprof.py"), str(cpuprof), "-m", "fedmcp.cli.main", *args]
-    return [PY, "-m", "fedmcp.cli.main", *args]
+        return [py, str(BENCH / "cpuprof.py"), str(cpuprof), "-m", "fedmcp.cli.main", *args]
+    return [py, "-m", "fedmcp.cli.main", *args]
 
 
 @dataclass
@@ -179,8 +179,10 @@ def server_json(**server: Any) -> str:
 class Stack:
     """Everything one run starts; `stop()` ends it all (each child by its own process group)."""
 
-    def __init__(self, work: Path, *, cpuprof: bool = False) -> None:
+    def __init__(self, work: Path, *, cpuprof: bool = False, baseline: Path | None = None) -> None:
         self.work = work
+        self.baseline = baseline
+        """A checkout of another revision (with its own .venv): measured as `fedmcp-base` beside `fedmcp`."""
         self.cpuprof = cpuprof
         """Run the main edge and the demo adapter under scripts/bench/cpuprof.py."""
         self.logs = work / "logs"
@@ -190,6 +192,7 @@ class Stack:
         self.nats_proc: psutil.Process | None = None
         self.edge_url = ""
         self.edge: Service | None = None
+        self._extra_nats: list[NatsServer] = []
 
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Service:
         service = Service(name, args, self.logs, env)
@@ -201,6 +204,38 @@ class Stack:
         assert self.nats.process is not None
         self.nats_proc = psutil.Process(self.nats.process.pid)
         return self.nats.url
+
+    def _baseline(self, checkout: Path) -> Setup:
+        """The standard path run by another revision's code, on a bus of its own (same catalog names)."""
+        py = str(checkout / ".venv" / "bin" / "python")
+        nats = NatsServer(self.work / "nats-base").start()
+        self._extra_nats.append(nats)
+        assert nats.process is not None
+        nats_proc = psutil.Process(nats.process.pid)
+        self.spawn("manager-base", fedmcp_cmd("manager", "--nats-url", nats.url, py=py))
+        server = server_json(command=py, args=DEMO_ARGS)
+        adapter = self.spawn(
+            "adapter-base",
+            fedmcp_cmd("adapter", "--nats-url", nats.url, "--name", "demo", "--server-json", server, py=py),
+        )
+        port = free_port()
+        edge = self.spawn(
+            "edge-base", fedmcp_cmd("edge", "--nats-url", nats.url, "--anonymous", "--port", str(port), py=py)
+        )
+        return Setup(
+            "fedmcp-base",
+            f"as fedmcp, run by the code in {checkout}",
+            "demo_echo",
+            "2026-07-28",
+            url=f"http://127.0.0.1:{port}/mcp",
+            roles={
+                "edge": _one(edge),
+                "adapter": _one(adapter),
+                "nats-server": lambda: [nats_proc],
+                "backing server": _children(adapter),
+            },
+            fedmcp=True,
+        )
 
     def nats_role(self) -> ProcFinder:
         return lambda: [self.nats_proc] if self.nats_proc is not None else []
@@ -224,8 +259,9 @@ class Stack:
 
     def stop(self) -> None:
         stop_all(list(reversed(self.services)))
-        if self.nats is not None:
-            self.nats.stop()
+        for nats in [self.nats, *self._extra_nats]:
+            if nats is not None:
+                nats.stop()
 
     async def start(self, quick: bool, peers: dict[str, Path | str]) -> list[Setup]:
         """Start every process and return the setups (peers: venv dir, or the reason one is unavailable)."""
@@ -289,6 +325,8 @@ class Stack:
                 fedmcp=True,
             )
         )
+        if self.baseline is not None:
+            setups.append(self._baseline(self.baseline))
         if not quick:
             setups.append(
                 Setup(

@@ -18,6 +18,7 @@ import anyio
 import msgspec
 import structlog
 from fedmcp.shared import chunks, headers, jsonrpc, metrics, telemetry, timers
+from fedmcp.shared.inline import Inline
 from fedmcp.shared.subjects import Subjects
 from mcp.shared.exceptions import MCPError
 from nats.aio.client import Client as NATS
@@ -189,6 +190,8 @@ class Upstream:
         """How long busy replicas are retried before the client gets an overload error."""
         self.max_payload_bytes = max_payload_bytes
         self.nc = nc
+        self.bus = Inline.of(nc)
+        """Requests and replies skip nats-py's per-message tasks (shared/inline.py)."""
         self.subjects = subjects
         self.edge_id = edge_id
         self.accept_timeout = accept_timeout
@@ -201,17 +204,17 @@ class Upstream:
         self._prefix_len = len(subjects.reply(edge_id, ""))
 
     async def start(self) -> None:
-        await self.nc.subscribe(self.subjects.reply_all(self.edge_id), cb=self._on_reply)
+        await self.bus.subscribe(self.subjects.reply_all(self.edge_id), self._on_reply, repeated_headers=True)
         await self.nc.flush(timeout=5)
 
-    async def _on_reply(self, msg: Msg) -> None:
+    def _on_reply(self, msg: Msg) -> None:
         token = msg.subject[self._prefix_len :]
         call = self._calls.get(token)
         if call is None:
             server = self._abandoned.pop(token, None)
             if server is not None and (msg.headers or {}).get(headers.KIND) == headers.Kind.ACCEPT:
                 # Accepted after the edge had sent the request again: make sure it does not run twice.
-                await self.nc.publish(self.subjects.cancel(server), msg.subject.encode(), headers=headers.base())
+                self.bus.post(self.subjects.cancel(server), msg.subject.encode(), headers=headers.base())
             return  # a late frame of a call that already ended
         hdrs = msg.headers or {}
         if hdrs.get("Status") == _NO_RESPONDERS:
@@ -226,7 +229,7 @@ class Upstream:
         else:
             kind = hdrs.get(headers.KIND, "")
             if kind == headers.Kind.PULL and msg.reply:
-                await self._serve_upload(call, msg.reply, hdrs.get(headers.CHUNK_INDEX, ""))
+                self._serve_upload(call, msg.reply, hdrs.get(headers.CHUNK_INDEX, ""))
                 return
             if kind == headers.Kind.CHUNK:
                 # Assembled here, in NATS's order, not queued: a big result must not be dropped.
@@ -247,9 +250,9 @@ class Upstream:
         if not call.frames.put(frame):
             log.warning("reply frame dropped: caller is not keeping up", subject=msg.subject)
 
-    async def _serve_upload(self, call: _Call, to: str, index: str) -> None:
+    def _serve_upload(self, call: _Call, to: str, index: str) -> None:
         piece = call.upload[int(index)] if index.isdigit() and int(index) < len(call.upload) else b""
-        await self.nc.publish(to, piece, headers=headers.base({headers.KIND: headers.Kind.CHUNK}))
+        self.bus.post(to, piece, headers=headers.base({headers.KIND: headers.Kind.CHUNK}))
 
     async def request(
         self,
@@ -309,7 +312,7 @@ class Upstream:
 
         async def send(reply: str) -> None:
             hdrs[headers.ACCEPT_BY] = headers.deadline_in(self.accept_timeout)
-            await self.nc.publish(subject, payload, reply=reply, headers=hdrs)
+            self.bus.post(subject, payload, reply=reply, headers=hdrs)
 
         started = anyio.current_time()
         with telemetry.producer(telemetry.RPC_TEMPLATE, server) as span:
@@ -380,12 +383,12 @@ class Upstream:
         timeout = self.request_timeout if timeout is None else timeout
 
         async def send(reply: str) -> None:
-            await self.nc.publish(answer_to, answer, headers=headers.base({headers.REPLY_TO: reply}))
+            self.bus.post(answer_to, answer, headers=headers.base({headers.REPLY_TO: reply}))
 
         return await self._exchange(server, send, timeout, on_notify, on_request, accepted=True)
 
     async def answer(self, subject: str, payload: bytes) -> None:
-        await self.nc.publish(subject, payload, headers=headers.base())
+        self.bus.post(subject, payload, headers=headers.base())
 
     async def _exchange(
         self,

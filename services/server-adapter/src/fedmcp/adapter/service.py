@@ -32,6 +32,7 @@ from fedmcp.shared.audit import Audit, AuditEvent
 from fedmcp.shared.config import BackingServer
 from fedmcp.shared.envelopes import Announce, Catalog, Heartbeat, Instance, ServerSettings
 from fedmcp.shared.identity import IdentityError, Verifier
+from fedmcp.shared.inline import Inline
 from fedmcp.shared.subjects import Subjects
 from mcp.shared.exceptions import MCPError
 from nats.aio.client import Client as NATS
@@ -114,6 +115,8 @@ class Adapter:
         verifier: Verifier | None = None,
     ) -> None:
         self.nc = natsguard.harden(nc)  # a malformed header block from any publisher must not deafen it
+        self.bus = Inline.of(nc)
+        """Requests and their replies skip nats-py's per-message tasks (shared/inline.py)."""
         self.name = name
         self.subjects = subjects or Subjects()
         self.heartbeat_interval = heartbeat_interval
@@ -149,6 +152,11 @@ class Adapter:
         self._scopes: dict[str, anyio.CancelScope] = {}
         """In-flight calls by reply subject, so an edge's cancel can reach them."""
         self._asks = 0
+        self._reply_headers = {
+            kind: headers.base({headers.KIND: kind, headers.INSTANCE: self.instance.instance})
+            for kind in (headers.Kind.ACCEPT, headers.Kind.RESULT)
+        }
+        """The two frames of nearly every call, their headers made once."""
         self.served = 0
         """Requests this instance has taken (spread across replicas is observable)."""
         self.took_work = anyio.Event()
@@ -211,9 +219,9 @@ class Adapter:
             await self._announce()
 
     # -- data plane -----------------------------------------------------------
-    async def _on_request(self, msg: Msg) -> None:
-        # NATS runs one subscription's callbacks one at a time: hand each request
-        # to the task group so slow tool calls do not queue behind each other.
+    def _on_request(self, msg: Msg) -> None:
+        # Called in the connection's read loop: hand each request to the task group
+        # so slow tool calls do not queue behind each other.
         assert self._tg is not None
         self._inflight += 1
         self.served += 1
@@ -249,10 +257,12 @@ class Adapter:
     async def _reply(self, to: str | None, kind: str, payload: bytes = b"") -> None:
         if not to:
             return
-        hdrs = headers.base({headers.KIND: kind, headers.INSTANCE: self.instance.instance})
+        hdrs = self._reply_headers.get(kind) or headers.base(
+            {headers.KIND: kind, headers.INSTANCE: self.instance.instance}
+        )
         size = chunks.chunk_size(self.nc.max_payload)
         if len(payload) <= size:
-            await self.nc.publish(to, payload, headers=hdrs)
+            self.bus.post(to, payload, headers=hdrs)
             return
         if len(payload) > self.max_payload_bytes:
             error = jsonrpc.encode_error(
@@ -557,7 +567,7 @@ class Adapter:
                 intake, control = [reannounce], [cancels, pings]
                 if self.pinned is not None:
                     me = self.instance.instance
-                    intake.append(await self.nc.subscribe(self.subjects.rpc_pinned(self.name, me), cb=self._on_request))
+                    intake.append(await self.bus.subscribe(self.subjects.rpc_pinned(self.name, me), self._on_request))
                     control.append(
                         await self.nc.subscribe(self.subjects.session_close(self.name, me), cb=self._on_session_close)
                     )
@@ -568,8 +578,8 @@ class Adapter:
                     {"server": self.name, "instance": self.instance.instance, "region": self.instance.region},
                     f"fedmcp adapter for MCP server {self.name!r}",
                 )
-                requests = await self.nc.subscribe(
-                    self.subjects.rpc(self.name), queue=self.subjects.rpc_queue(self.name), cb=self._on_request
+                requests = await self.bus.subscribe(
+                    self.subjects.rpc(self.name), self._on_request, queue=self.subjects.rpc_queue(self.name)
                 )
                 await self.nc.flush(timeout=5)
                 background.start_soon(self._heartbeats)
