@@ -28,6 +28,7 @@ from fedmcp.adapter.connection import (
     raw_request,
 )
 from fedmcp.adapter.envelope import HeaderMaps, header_maps
+from fedmcp.adapter.raw_lane import RawLane
 from fedmcp.adapter.subscriptions import ResourceSubscriptions
 from fedmcp.shared import telemetry
 from fedmcp.shared.config import BackingServer
@@ -162,23 +163,38 @@ class Backend:
         return {}
 
     # -- requests -------------------------------------------------------------------
-    async def _session_for(self, front_version: str | None) -> BackingConnection:
-        """The primary session, or for a handshake-era client of a 2026-07-28 session the
-        handshake-era companion (opened on first use), when the server accepts one."""
+    def _pool_choice(self, front_version: str | None) -> tuple[BackingConnection, bool]:
+        """The least busy connected session of the pool, and whether `front_version` wants the
+        handshake-era companion instead (a handshake-era client of a 2026-07-28 session, when configured)."""
         primary = min(
             (s for s in (self.primary, *self.extra) if s.client is not None),
             key=lambda s: len(s.in_flight),
             default=self.primary,
-        )  # the least busy connected session of the pool
+        )
         companion = self.config.era_companion
         if companion is None:
             companion = self.config.url is not None
-        if (
-            not companion
-            or front_version not in HANDSHAKE_PROTOCOL_VERSIONS
-            or primary.protocol_version not in MODERN_PROTOCOL_VERSIONS
-            or self.config.era != "auto"
-        ):
+        wants = (
+            companion
+            and front_version in HANDSHAKE_PROTOCOL_VERSIONS
+            and primary.protocol_version in MODERN_PROTOCOL_VERSIONS
+            and self.config.era == "auto"
+        )
+        return primary, bool(wants)
+
+    def express(self, method: str, front_version: str | None) -> tuple[BackingConnection, RawLane] | None:
+        """Where `method` goes without waiting for anything (connection.submit), or None: use `request`."""
+        session, companion = self._pool_choice(front_version)
+        if companion:
+            return None
+        lane = session.express(method)
+        return None if lane is None else (session, lane)
+
+    async def _session_for(self, front_version: str | None) -> BackingConnection:
+        """The primary session, or for a handshake-era client of a 2026-07-28 session the
+        handshake-era companion (opened on first use), when the server accepts one."""
+        primary, companion = self._pool_choice(front_version)
+        if not companion:
             return primary
         if self._legacy is None:
             assert self._tg is not None

@@ -30,7 +30,7 @@ import msgspec
 import structlog
 from fedmcp.adapter import stdio_lines
 from fedmcp.adapter.envelope import HeaderMaps, enveloped, send_modern
-from fedmcp.adapter.raw_lane import OPENED, RawLane
+from fedmcp.adapter.raw_lane import OPENED, Outcome, Pending, RawLane
 from fedmcp.shared import chunks, jsonrpc, metrics
 from fedmcp.shared.config import BackingServer
 from mcp import Client, StdioServerParameters
@@ -356,6 +356,54 @@ class BackingConnection:
         return answer if isinstance(answer, types.ErrorData) else types.ListRootsResult.model_validate(answer)
 
     # -- requests -----------------------------------------------------------------
+    def express(self, method: str) -> RawLane | None:
+        """The raw lane, when `submit` can take `method` now (connected, a stdio server's lane, the pipe open)."""
+        lane = self._lane
+        if method in RAW_METHODS and self.client is not None and lane is not None and lane.writable():
+            return lane
+        return None
+
+    def submit(
+        self,
+        lane: RawLane,
+        method: str,
+        params: dict[str, Any] | None,
+        *,
+        timeout: float,
+        hooks: CallHooks,
+        capabilities: Mapping[str, Any] | None,
+        done: Callable[[msgspec.Raw | MCPError | BackendUnavailable | None], None],
+    ) -> Pending:
+        """`send` on the raw lane (from `express`) without a task: the request is written now and `done`
+        gets the outcome later (None: cancelled through the returned handle). For quiet calls only:
+        no progress, no log level."""
+        client = self.client
+        assert client is not None
+        version = client.protocol_version
+        if version in MODERN_PROTOCOL_VERSIONS:
+            params = enveloped(version, params, capabilities or {}, None)
+        self._ids += 1
+        call_id = self._ids
+        self.in_flight[call_id] = hooks
+
+        def finished(outcome: Outcome) -> None:
+            del self.in_flight[call_id]
+            if isinstance(outcome, MCPError) and outcome.error.code == jsonrpc.CONNECTION_CLOSED_SDK:
+                self._dead(client)
+                done(BackendUnavailable("crashed"))
+                return
+            done(outcome)
+
+        return lane.submit(method, params, timeout=timeout, done=finished)
+
+    def _dead(self, client: Client) -> None:
+        """`client`'s session is gone: nobody may use it from now on, not even before the supervisor has noticed."""
+        if self.client is client:
+            self.client = None
+            self._reset_ready()
+            self.state = "restarting"
+        self._lost.set()
+
     async def send(
         self,
         method: str,
@@ -403,13 +451,7 @@ class BackingConnection:
             return await raw_request(client, method, params, timeout=timeout, progress=progress)
         except MCPError as exc:
             if exc.error.code == jsonrpc.CONNECTION_CLOSED_SDK:
-                if self.client is client:
-                    # Nobody may use the dead session from now on, not even before the
-                    # supervisor has noticed.
-                    self.client = None
-                    self._reset_ready()
-                    self.state = "restarting"
-                self._lost.set()
+                self._dead(client)
                 raise BackendUnavailable("crashed") from exc
             raise
         except ValidationError as exc:

@@ -18,6 +18,7 @@ the SDK), so calls that want their log messages or progress use the session.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from typing import Any
 import anyio
 import msgspec
 from anyio.abc import ByteSendStream
-from fedmcp.shared import jsonrpc, telemetry, timers
+from fedmcp.shared import jsonrpc, telemetry
 from mcp.shared.exceptions import MCPError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
@@ -55,48 +56,57 @@ _encoder = msgspec.json.Encoder()
 _tracer = trace.get_tracer("mcp-python-sdk")
 
 
-class _Waiting:
-    __slots__ = ("done", "reply")
+Outcome = msgspec.Raw | MCPError | None
+"""How a request ended: its raw `result`, the error (the server's, a timeout, a lost server), or None
+when its owner gave it up (`Pending.cancel`)."""
 
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.reply: _Reply | None = None
+WRITE_BUFFER_LIMIT = 1 << 20
+"""Bytes the child's stdin may hold unread before `submit` is refused (`request` then waits for the pipe)."""
+
+
+class Pending:
+    """A request written to the server and not yet answered."""
+
+    __slots__ = ("done", "id", "lane", "timer")
+
+    def __init__(self, lane: RawLane, request_id: str, done: Callable[[Outcome], None]) -> None:
+        self.lane = lane
+        self.id = request_id
+        self.done = done
+        self.timer: asyncio.TimerHandle | None = None
+
+    def cancel(self) -> None:
+        """Give the request up: the server is told (`notifications/cancelled`); `done` gets None."""
+        self.lane._finish(self, None, tell_server=True)
 
 
 class RawLane:
     def __init__(self, stdin: ByteSendStream) -> None:
         self._stdin = stdin
+        self._writer: asyncio.StreamWriter | None = getattr(stdin, "_stream", None)
+        """asyncio's writer under anyio's stream (a write needs no await: `submit` runs in a callback)."""
         self._ids = itertools.count(1)
-        self._waiting: dict[str, _Waiting] = {}
+        self._pending: dict[str, Pending] = {}
         self.closed = False
 
-    async def request(self, method: str, params: dict[str, Any] | None, *, timeout: float) -> msgspec.Raw:
-        """Send one request and return its raw `result`; the server's error raised as MCPError.
-        A timeout is the SDK's (REQUEST_TIMEOUT_SDK), a lost server its CONNECTION_CLOSED_SDK, and a
-        request given up on is cancelled at the server (`notifications/cancelled`), as the SDK does."""
-        if self.closed:
-            raise MCPError(code=jsonrpc.CONNECTION_CLOSED_SDK, message="Connection closed")
-        request_id = f"{ID_PREFIX}{next(self._ids)}"
-        if not telemetry.recording():
-            return await self._exchange(request_id, method, params, timeout)
-        target = (params or {}).get("name")
-        # The SDK client's CLIENT span, so a trace looks the same whichever way the request went.
-        with _tracer.start_as_current_span(
-            f"MCP send {method}{f' {target}' if isinstance(target, str) else ''}",
-            kind=SpanKind.CLIENT,
-            attributes={"mcp.method.name": method, "jsonrpc.request.id": request_id},
-        ) as span:
-            try:
-                return await self._exchange(request_id, method, params, timeout)
-            except MCPError as exc:
-                code = str(exc.error.code)
-                span.set_attributes({"error.type": code, "rpc.response.status_code": code})
-                span.set_status(StatusCode.ERROR, exc.error.message)
-                raise
+    def writable(self) -> bool:
+        """Whether `submit` may be used now (the pipe open, and not backed up)."""
+        writer = self._writer
+        return (
+            not self.closed
+            and writer is not None
+            and not writer.is_closing()
+            and writer.transport.get_write_buffer_size() < WRITE_BUFFER_LIMIT
+        )
 
-    async def _exchange(
-        self, request_id: str, method: str, params: dict[str, Any] | None, timeout: float
-    ) -> msgspec.Raw:
+    def submit(
+        self, method: str, params: dict[str, Any] | None, *, timeout: float, done: Callable[[Outcome], None]
+    ) -> Pending:
+        """Write one request now (check `writable()` first); `done` is called once, later, with its outcome.
+        A timeout is the SDK's (REQUEST_TIMEOUT_SDK) and the server is told to cancel, as the SDK does;
+        a lost server is its CONNECTION_CLOSED_SDK. The current trace context goes in `_meta`."""
+        assert self._writer is not None
+        request_id = f"{ID_PREFIX}{next(self._ids)}"
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         meta: dict[str, Any] = dict((params or {}).get("_meta") or {})
         telemetry.inject(meta)
@@ -104,40 +114,85 @@ class RawLane:
             params = {**(params or {}), "_meta": meta}
         if params is not None:
             message["params"] = params
-        waiting = self._waiting[request_id] = _Waiting()
-        answered = False
+        pending = self._pending[request_id] = Pending(self, request_id, done)
+        loop = asyncio.get_running_loop()
+        pending.timer = loop.call_later(timeout, self._timed_out, pending, timeout)
         try:
-            try:
-                await self._stdin.send(_encoder.encode(message) + b"\n")
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-                self.close()
-                raise MCPError(code=jsonrpc.CONNECTION_CLOSED_SDK, message="Connection closed") from None
-            await timers.wait_set(waiting.done, timeout)
-            reply = waiting.reply
-            if reply is None:
-                if self.closed:
-                    raise MCPError(code=jsonrpc.CONNECTION_CLOSED_SDK, message="Connection closed")
-                raise MCPError(code=jsonrpc.REQUEST_TIMEOUT_SDK, message=f"Timed out after {timeout}s")
-            answered = True
-            if reply.error is not None:
-                raise MCPError(code=reply.error.code, message=reply.error.message, data=reply.error.data)
-            if not reply.result:
-                raise MCPError(code=jsonrpc.INTERNAL_ERROR, message="response without a result")
-            return reply.result
-        finally:
-            del self._waiting[request_id]
-            if not answered and not self.closed:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                    await self._cancel(request_id)
+            self._writer.write(_encoder.encode(message) + b"\n")
+        except (RuntimeError, OSError):  # the pipe is gone: fail everything, after the caller has its handle
+            loop.call_soon(self.close)
+        return pending
 
-    async def _cancel(self, request_id: str) -> None:
-        note = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": request_id}}
-        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-            await self._stdin.send(_encoder.encode(note) + b"\n")
+    async def request(self, method: str, params: dict[str, Any] | None, *, timeout: float) -> msgspec.Raw:
+        """Send one request and return its raw `result`; errors as `submit` gives them, raised as MCPError;
+        a request given up on (cancelled) is cancelled at the server."""
+        if self.closed or self._writer is None:
+            raise MCPError(code=jsonrpc.CONNECTION_CLOSED_SDK, message="Connection closed")
+        target = (params or {}).get("name")
+        if not telemetry.recording():
+            return await self._exchange(method, params, timeout)
+        # The SDK client's CLIENT span, so a trace looks the same whichever way the request went.
+        with _tracer.start_as_current_span(
+            f"MCP send {method}{f' {target}' if isinstance(target, str) else ''}",
+            kind=SpanKind.CLIENT,
+            attributes={"mcp.method.name": method},
+        ) as span:
+            try:
+                return await self._exchange(method, params, timeout)
+            except MCPError as exc:
+                code = str(exc.error.code)
+                span.set_attributes({"error.type": code, "rpc.response.status_code": code})
+                span.set_status(StatusCode.ERROR, exc.error.message)
+                raise
+
+    async def _exchange(self, method: str, params: dict[str, Any] | None, timeout: float) -> msgspec.Raw:
+        if not self.writable() and not self.closed and self._writer is not None:
+            with contextlib.suppress(RuntimeError, OSError):
+                await self._writer.drain()  # the server is not reading: wait for it, as the SDK's writer does
+        if not self.writable():
+            raise MCPError(code=jsonrpc.CONNECTION_CLOSED_SDK, message="Connection closed")
+        answered = anyio.Event()
+        outcomes: list[Outcome] = []
+
+        def done(outcome: Outcome) -> None:
+            outcomes.append(outcome)
+            answered.set()
+
+        pending = self.submit(method, params, timeout=timeout, done=done)
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute("jsonrpc.request.id", pending.id)
+        try:
+            await answered.wait()
+        finally:
+            if not outcomes:
+                pending.cancel()
+        outcome = outcomes[0]
+        if isinstance(outcome, MCPError):
+            raise outcome
+        assert outcome is not None
+        return outcome
+
+    def _timed_out(self, pending: Pending, timeout: float) -> None:
+        pending.timer = None
+        error = MCPError(code=jsonrpc.REQUEST_TIMEOUT_SDK, message=f"Timed out after {timeout}s")
+        self._finish(pending, error, tell_server=True)
+
+    def _finish(self, pending: Pending, outcome: Outcome, *, tell_server: bool = False) -> None:
+        if self._pending.pop(pending.id, None) is None:
+            return  # already finished
+        if pending.timer is not None:
+            pending.timer.cancel()
+            pending.timer = None
+        if tell_server and not self.closed and self._writer is not None:
+            note = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": pending.id}}
+            with contextlib.suppress(RuntimeError, OSError):
+                self._writer.write(_encoder.encode(note) + b"\n")
+        pending.done(outcome)
 
     def take(self, chunk: bytes) -> bytes:
         """`chunk` (whole lines) without the lines that answer this lane's requests, which are delivered."""
-        if not self._waiting or _MARK not in chunk:
+        if not self._pending or _MARK not in chunk:
             return chunk
         kept: list[bytes] = []
         for line in chunk.split(b"\n"):
@@ -151,18 +206,24 @@ class RawLane:
             reply = _reply_decoder.decode(line)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return False
-        waiting = self._waiting.get(reply.id) if isinstance(reply.id, str) and reply.method is None else None
-        if waiting is None:
+        pending = self._pending.get(reply.id) if isinstance(reply.id, str) and reply.method is None else None
+        if pending is None:
             return False
-        waiting.reply = reply
-        waiting.done.set()
+        outcome: Outcome
+        if reply.error is not None:
+            outcome = MCPError(code=reply.error.code, message=reply.error.message, data=reply.error.data)
+        elif not reply.result:
+            outcome = MCPError(code=jsonrpc.INTERNAL_ERROR, message="response without a result")
+        else:
+            outcome = reply.result
+        self._finish(pending, outcome)
         return True
 
     def close(self) -> None:
         """The server's stdout ended: every request waiting fails as a closed connection."""
         self.closed = True
-        for waiting in self._waiting.values():
-            waiting.done.set()
+        for pending in list(self._pending.values()):
+            self._finish(pending, MCPError(code=jsonrpc.CONNECTION_CLOSED_SDK, message="Connection closed"))
 
 
 OPENED: ContextVar[Callable[[RawLane], None] | None] = ContextVar("fedmcp_raw_lane_opened", default=None)

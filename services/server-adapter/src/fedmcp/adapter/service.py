@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import time
@@ -26,7 +27,9 @@ import msgspec
 import structlog
 from anyio.abc import TaskGroup
 from fedmcp.adapter.backend import Backend, BackendUnavailable
+from fedmcp.adapter.connection import CallHooks
 from fedmcp.adapter.pinned import Pinned, PinnedSessions
+from fedmcp.adapter.raw_lane import Pending
 from fedmcp.shared import chunks, discovery, envelopes, headers, identity, jsonrpc, metrics, natsguard, telemetry
 from fedmcp.shared.audit import Audit, AuditEvent
 from fedmcp.shared.config import BackingServer
@@ -149,8 +152,9 @@ class Adapter:
         self._tg: TaskGroup | None = None
         self._ready = anyio.Event()
         self._stop = anyio.Event()
-        self._scopes: dict[str, anyio.CancelScope] = {}
+        self._scopes: dict[str, anyio.CancelScope | Pending] = {}
         """In-flight calls by reply subject, so an edge's cancel can reach them."""
+        self._rpc_subject = self.subjects.rpc(name)
         self._asks = 0
         self._reply_headers = {
             kind: headers.base({headers.KIND: kind, headers.INSTANCE: self.instance.instance})
@@ -227,7 +231,99 @@ class Adapter:
         self.served += 1
         self.took_work.set()
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
-        self._tg.start_soon(self._serve, msg)
+        if not self._express(msg):
+            self._tg.start_soon(self._serve, msg)
+
+    def _finished(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
+
+    def _express(self, msg: Msg) -> bool:
+        """Serve a plain call to a stdio server without a task of its own: checked, accepted and written
+        to the server's stdin here, in the read loop; answered from the raw lane's callback (`_answered`).
+        False: `_serve` takes it (any other request, and any that fails a check, which `_serve` answers).
+        Not while spans are recorded: a span open across callbacks is what the task path is for."""
+        hdrs = msg.headers
+        if (
+            hdrs is None
+            or not msg.reply
+            or msg.subject != self._rpc_subject
+            or not headers.speaks_our_protocol(hdrs)
+            or headers.SESSION in hdrs
+            or headers.UPLOAD in hdrs
+            or headers.LOG_LEVEL in hdrs
+            or self._inflight > self.max_concurrency
+            or telemetry.recording()
+        ):
+            return False
+        left = headers.remaining(hdrs, self.default_timeout)
+        accept_by = headers.remaining(hdrs, 1.0, name=headers.ACCEPT_BY)
+        if left <= 0 or accept_by <= 0:
+            return False
+        if self.verifier is not None:
+            try:
+                self.verifier.verify(hdrs.get(headers.IDENTITY), self.name)
+            except IdentityError:
+                return False
+        try:
+            request = jsonrpc.decode_request(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        meta = (request.params or {}).get("_meta")
+        if meta is not None and (not isinstance(meta, dict) or "progressToken" in meta):
+            return False
+        route = self.backend.express(request.method, hdrs.get(headers.FRONT_VERSION))
+        if route is None:
+            return False
+        connection, lane = route
+        call = _Call(reply=msg.reply, deadline=anyio.current_time() + left)
+        if hdrs.get(headers.IDEMPOTENT):
+            self._accept_later(call, accept_by)
+        else:
+            self._accept(call)
+        metrics.labelled(metrics.ADAPTER_INFLIGHT, self.name).inc()
+        done = functools.partial(self._answered, msg.reply, call, request, time.perf_counter())
+        hooks = CallHooks(sink=functools.partial(self._sink, call), ask=functools.partial(self._ask, call))
+        with telemetry.consumer(hdrs, telemetry.RPC_TEMPLATE, self.name):  # the trace context goes on in `_meta`
+            capabilities = _capabilities(hdrs.get(headers.CLIENT_CAPABILITIES))
+            pending = connection.submit(
+                lane, request.method, request.params, timeout=left, hooks=hooks, capabilities=capabilities, done=done
+            )
+        self._scopes[msg.reply] = pending
+        return True
+
+    def _answered(
+        self,
+        key: str,
+        call: _Call,
+        request: jsonrpc.Request,
+        started: float,
+        outcome: msgspec.Raw | MCPError | BackendUnavailable | None,
+    ) -> None:
+        """An express call's outcome (None: the edge cancelled it, nothing to answer)."""
+        try:
+            self._scopes.pop(key, None)
+            metrics.labelled(metrics.ADAPTER_INFLIGHT, self.name).dec()
+            if outcome is None:
+                self._settle(call, accepted=False)
+                log.info("call cancelled by the client", server=self.name)
+                return
+            if isinstance(outcome, msgspec.Raw):
+                body, code = jsonrpc.encode_result(request.id, outcome), None
+            else:
+                body, code = self._error_answer(request.id, outcome)
+            metrics.labelled(metrics.CLIENT_DURATION, self.name, request.method, metrics.outcome(code)).observe(
+                time.perf_counter() - started
+            )
+            self._settle(call)
+            if not self._frame(call.reply, headers.Kind.RESULT, body):
+                assert self._tg is not None
+                self._tg.start_soon(self._reply, call.reply, headers.Kind.RESULT, body)
+        except Exception:  # called from the lane's reader: log it here, do not break the reader
+            log.exception("request failed", server=self.name)
+        finally:
+            self._finished()
 
     async def _serve(self, msg: Msg) -> None:
         try:
@@ -250,20 +346,24 @@ class Adapter:
         finally:
             if msg.reply:
                 self._scopes.pop(msg.reply, None)
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.set()
+            self._finished()
+
+    def _frame(self, to: str | None, kind: str, payload: bytes = b"") -> bool:
+        """Send a frame that fits one message now; False (nothing sent) for one that does not: `_reply` it."""
+        if len(payload) > chunks.chunk_size(self.nc.max_payload):
+            return False
+        if to:
+            hdrs = self._reply_headers.get(kind) or headers.base(
+                {headers.KIND: kind, headers.INSTANCE: self.instance.instance}
+            )
+            self.bus.post(to, payload, headers=hdrs)
+        return True
 
     async def _reply(self, to: str | None, kind: str, payload: bytes = b"") -> None:
-        if not to:
+        if not to or self._frame(to, kind, payload):
             return
-        hdrs = self._reply_headers.get(kind) or headers.base(
-            {headers.KIND: kind, headers.INSTANCE: self.instance.instance}
-        )
+        hdrs = headers.base({headers.KIND: kind, headers.INSTANCE: self.instance.instance})
         size = chunks.chunk_size(self.nc.max_payload)
-        if len(payload) <= size:
-            self.bus.post(to, payload, headers=hdrs)
-            return
         if len(payload) > self.max_payload_bytes:
             error = jsonrpc.encode_error(
                 None, jsonrpc.PAYLOAD_TOO_LARGE, chunks.too_large_message(len(payload), self.max_payload_bytes)
@@ -328,7 +428,7 @@ class Adapter:
             # (A pin is learnt from the accept, and an upload may outlast the accept-by time.)
             self._accept_later(call, headers.remaining(hdrs, 1.0, name=headers.ACCEPT_BY))
         else:
-            await self._accept(call)
+            self._accept(call)
         try:
             data = await self._body(msg, left)
         except MCPError as exc:
@@ -353,25 +453,26 @@ class Adapter:
         try:
             body = await self._forward(request, call, msg.headers or {}, pin, first=not on_pinned_subject)
         except _SessionGone:
-            await self._accept(call)
+            self._accept(call)
             await self._reply(call.reply, headers.Kind.GONE)
             return
         self._settle(call)
         await self._reply(call.reply, headers.Kind.RESULT, body)
 
-    async def _accept(self, call: _Call) -> None:
+    def _accept(self, call: _Call) -> None:
         """Tell the edge this instance runs the call, before any frame of it but the result."""
         self._settle(call, accepted=False)
         if not call.accepted:
             call.accepted = True
-            await self._reply(call.reply, headers.Kind.ACCEPT)
+            self._frame(call.reply, headers.Kind.ACCEPT)
 
     def _accept_later(self, call: _Call, accept_by_left: float) -> None:
         def accept_now() -> None:
             call.timer = None
-            if not call.accepted and self._tg is not None:
+            if not call.accepted:
                 call.accepted = True
-                self._tg.start_soon(self._reply, call.reply, headers.Kind.ACCEPT)
+                with contextlib.suppress(NatsError):  # the connection is closing: the edge retries
+                    self._frame(call.reply, headers.Kind.ACCEPT)
 
         # A timer, not a task per call: most calls end first and cancel it. (nats-py runs on asyncio.)
         call.timer = asyncio.get_running_loop().call_later(min(ACCEPT_DELAY, accept_by_left / 2), accept_now)
@@ -450,29 +551,8 @@ class Adapter:
         rid = request.id
         left = call.deadline - anyio.current_time()
 
-        async def sink(method: str, params: dict[str, Any]) -> None:
-            await self._accept(call)
-            await self._reply(call.reply, headers.Kind.NOTIFY, jsonrpc.encode_notification(method, params))
-
-        async def ask(method: str, params: dict[str, Any]) -> dict[str, Any]:
-            """Ask the front client through whichever edge holds the call, and follow the call
-            to the edge that answers (a 2026-07-28 client retries on any edge)."""
-            if call.reply is None:
-                raise MCPError(code=jsonrpc.INTERNAL_ERROR, message="the call has no reply subject")
-            await self._accept(call)
-            self._asks += 1
-            answer = await self.nc.request(
-                call.reply,
-                jsonrpc.encode_request(method, params, self._asks),
-                timeout=max(0.1, call.deadline - anyio.current_time()),
-                headers=headers.base({headers.KIND: headers.Kind.REQUEST, headers.INSTANCE: self.instance.instance}),
-            )
-            moved_to = (answer.headers or {}).get(headers.REPLY_TO)
-            if moved_to:
-                call.reply = moved_to
-            result: dict[str, Any] = jsonrpc.result_of(answer.data)
-            return result
-
+        sink = functools.partial(self._sink, call)
+        ask = functools.partial(self._ask, call)
         try:
             if request.method in ("resources/subscribe", "resources/unsubscribe"):
                 uri = str((request.params or {}).get("uri", ""))
@@ -508,15 +588,45 @@ class Adapter:
                     raise _SessionGone from exc
                 message = f"server {self.name!r} could not open a session for this client ({exc}); try again"
                 return jsonrpc.encode_error(rid, jsonrpc.UPSTREAM_UNAVAILABLE, message), jsonrpc.UPSTREAM_UNAVAILABLE
+            return self._error_answer(rid, exc)
+        except MCPError as exc:
+            return self._error_answer(rid, exc)
+        return jsonrpc.encode_result(rid, result), None
+
+    def _error_answer(self, rid: jsonrpc.RequestId | None, exc: MCPError | BackendUnavailable) -> tuple[bytes, int]:
+        """The error response for a backing server that failed a call, and its code."""
+        if isinstance(exc, BackendUnavailable):
             message = f"server {self.name!r} is unavailable ({exc}); try again shortly"
             return jsonrpc.encode_error(rid, jsonrpc.UPSTREAM_UNAVAILABLE, message), jsonrpc.UPSTREAM_UNAVAILABLE
-        except MCPError as exc:
-            if exc.error.code == jsonrpc.REQUEST_TIMEOUT_SDK:
-                message = f"server {self.name!r} did not answer in time"
-                return jsonrpc.encode_error(rid, jsonrpc.UPSTREAM_TIMEOUT, message), jsonrpc.UPSTREAM_TIMEOUT
-            error = exc.error
-            return jsonrpc.encode_error(rid, error.code, error.message, error.data), error.code
-        return jsonrpc.encode_result(rid, result), None
+        if exc.error.code == jsonrpc.REQUEST_TIMEOUT_SDK:
+            message = f"server {self.name!r} did not answer in time"
+            return jsonrpc.encode_error(rid, jsonrpc.UPSTREAM_TIMEOUT, message), jsonrpc.UPSTREAM_TIMEOUT
+        error = exc.error
+        return jsonrpc.encode_error(rid, error.code, error.message, error.data), error.code
+
+    async def _sink(self, call: _Call, method: str, params: dict[str, Any]) -> None:
+        """A notification of the call for the front client."""
+        self._accept(call)
+        await self._reply(call.reply, headers.Kind.NOTIFY, jsonrpc.encode_notification(method, params))
+
+    async def _ask(self, call: _Call, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Ask the front client through whichever edge holds the call, and follow the call
+        to the edge that answers (a 2026-07-28 client retries on any edge)."""
+        if call.reply is None:
+            raise MCPError(code=jsonrpc.INTERNAL_ERROR, message="the call has no reply subject")
+        self._accept(call)
+        self._asks += 1
+        answer = await self.nc.request(
+            call.reply,
+            jsonrpc.encode_request(method, params, self._asks),
+            timeout=max(0.1, call.deadline - anyio.current_time()),
+            headers=headers.base({headers.KIND: headers.Kind.REQUEST, headers.INSTANCE: self.instance.instance}),
+        )
+        moved_to = (answer.headers or {}).get(headers.REPLY_TO)
+        if moved_to:
+            call.reply = moved_to
+        result: dict[str, Any] = jsonrpc.result_of(answer.data)
+        return result
 
     # -- lifecycle -----------------------------------------------------------
     def stop(self) -> None:
