@@ -285,11 +285,23 @@ class Adapter:
         metrics.labelled(metrics.ADAPTER_INFLIGHT, self.name).inc()
         done = functools.partial(self._answered, msg.reply, call, request, time.perf_counter())
         hooks = CallHooks(sink=functools.partial(self._sink, call), ask=functools.partial(self._ask, call))
-        with telemetry.consumer(hdrs, telemetry.RPC_TEMPLATE, self.name):  # the trace context goes on in `_meta`
-            capabilities = _capabilities(hdrs.get(headers.CLIENT_CAPABILITIES))
-            pending = connection.submit(
-                lane, request.method, request.params, timeout=left, hooks=hooks, capabilities=capabilities, done=done
-            )
+        try:
+            with telemetry.consumer(hdrs, telemetry.RPC_TEMPLATE, self.name):  # the trace context goes on in `_meta`
+                capabilities = _capabilities(hdrs.get(headers.CLIENT_CAPABILITIES))
+                pending = connection.submit(
+                    lane,
+                    request.method,
+                    request.params,
+                    timeout=left,
+                    hooks=hooks,
+                    capabilities=capabilities,
+                    done=done,
+                )
+        except Exception:
+            log.exception("request failed", server=self.name)
+            error = MCPError(code=jsonrpc.INTERNAL_ERROR, message=f"server {self.name!r} could not serve this request")
+            done(error)
+            return True
         self._scopes[msg.reply] = pending
         return True
 
