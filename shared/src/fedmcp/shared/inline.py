@@ -111,9 +111,10 @@ class Inline:
 
     # -- sending -------------------------------------------------------------------
     def post(
-        self, subject: str, payload: bytes = b"", *, reply: str = "", headers: Mapping[str, str] | None = None
+        self, subject: str, payload: bytes = b"", *, reply: str = "", headers: Mapping[str, str] | bytes | None = None
     ) -> None:
-        """Publish without awaiting; raises what `publish` raises for a closed, draining or full connection."""
+        """Publish without awaiting; raises what `publish` raises for a closed, draining or full connection.
+        `headers` as bytes: a block made by `header_block` (for headers sent again and again)."""
         nc = self.nc
         if nc.is_closed:
             raise errors.ConnectionClosedError
@@ -127,7 +128,7 @@ class Inline:
         if not subject or _BAD_SUBJECT.search(subject) or (reply and _BAD_SUBJECT.search(reply)):
             raise errors.BadSubjectError
         if headers:
-            block = self._header_block(headers)
+            block = headers if isinstance(headers, bytes) else self.header_block(headers)
             command = b"%b %b %b %d %d\r\n%b%b\r\n" % (
                 b"HPUB",
                 subject.encode(),
@@ -147,7 +148,8 @@ class Inline:
             self._write_soon = True
             asyncio.get_running_loop().call_soon(self._write)
 
-    def _header_block(self, headers: Mapping[str, str]) -> bytes:
+    def header_block(self, headers: Mapping[str, str]) -> bytes:
+        """`headers` on the wire (checked and escaped as nats-py does)."""
         lines = ["NATS/1.0\r\n"]
         for key, value in headers.items():
             if key not in self._keys:

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 from fedmcp.shared.headers import TRACEPARENT
 from opentelemetry import baggage, context, propagate, trace
+from opentelemetry.environment_variables import OTEL_PYTHON_TRACER_PROVIDER
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -24,9 +25,17 @@ from opentelemetry.trace import Span, SpanKind
 tracer = trace.get_tracer("fedmcp")
 
 
+_PROVIDER_FROM_ENV = OTEL_PYTHON_TRACER_PROVIDER in os.environ
+
+
 def recording() -> bool:
     """Whether a tracer provider is installed (else every span is a no-op and the hot paths make none;
     trace context still passes through, so a trace continues across a hop that records nothing)."""
+    # Asked several times per call: the installed provider is read directly, because
+    # `get_tracer_provider()` looks up an environment variable on every call until one is set.
+    provider = trace._TRACER_PROVIDER
+    if provider is None and not _PROVIDER_FROM_ENV:
+        return False
     return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 

@@ -157,7 +157,7 @@ class Adapter:
         self._rpc_subject = self.subjects.rpc(name)
         self._asks = 0
         self._reply_headers = {
-            kind: headers.base({headers.KIND: kind, headers.INSTANCE: self.instance.instance})
+            kind: self.bus.header_block(headers.base({headers.KIND: kind, headers.INSTANCE: self.instance.instance}))
             for kind in (headers.Kind.ACCEPT, headers.Kind.RESULT)
         }
         """The two frames of nearly every call, their headers made once."""
@@ -365,10 +365,12 @@ class Adapter:
         if len(payload) > chunks.chunk_size(self.nc.max_payload):
             return False
         if to:
-            hdrs = self._reply_headers.get(kind) or headers.base(
-                {headers.KIND: kind, headers.INSTANCE: self.instance.instance}
-            )
-            self.bus.post(to, payload, headers=hdrs)
+            block = self._reply_headers.get(kind)
+            if block is None:
+                block = self.bus.header_block(
+                    headers.base({headers.KIND: kind, headers.INSTANCE: self.instance.instance})
+                )
+            self.bus.post(to, payload, headers=block)
         return True
 
     async def _reply(self, to: str | None, kind: str, payload: bytes = b"") -> None:
