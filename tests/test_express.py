@@ -62,12 +62,8 @@ async def test_express_calls_answer_as_the_task_path(
             monkeypatch.setattr(Adapter, "_express", lambda self, msg: False)
             tasks = await _answers(client)
     assert express == tasks
-    if mode == "legacy":
-        # The edge asks for the session's log messages, which only the SDK's session keeps in order.
-        assert taken == []
-    else:
-        # (The unknown URI is answered by the edge: no server's templates match it.)
-        assert taken == ["tools/call", "tools/call", "tools/call", "resources/read", "prompts/get"]
+    # (The unknown URI is answered by the edge: no server's templates match it.)
+    assert taken == ["tools/call", "tools/call", "tools/call", "resources/read", "prompts/get"]
 
 
 async def test_cancel_of_an_express_call_reaches_the_backing_server(
@@ -130,3 +126,25 @@ async def test_backing_server_crash_during_an_express_call_is_unavailable_and_it
         assert after != before
         assert express_calls[:2] == ["tools/call", "tools/call"]
         assert adapter._inflight == 0
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_log_messages_of_an_express_call_arrive_before_its_result(
+    nats_server: NatsServer, express_calls: list[str], mode: str
+) -> None:
+    """The lane hands log lines on itself: a result it takes must not overtake them."""
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("probe", python_server("probe_server.py"))
+        levels: list[str] = []
+
+        async def on_log(params: Any) -> None:
+            levels.append(params.level)
+
+        async with Client(fed.url, mode=mode, logging_callback=on_log, log_level="info") as client:  # type: ignore[arg-type]
+            if mode == "legacy":  # a session-wide level in that era
+                await client.set_logging_level("info")
+            for _ in range(20):
+                levels.clear()
+                assert (await client.call_tool("probe_chatty", {})).structured_content == {"result": "logged"}
+                assert levels == ["info", "warning", "error"]
+    assert express_calls == ["tools/call"] * 20

@@ -23,6 +23,7 @@ from fedmcp.adapter.connection import (
     BackendUnavailable,
     BackingConnection,
     CallHooks,
+    Notice,
     Result,
     Sink,
     raw_request,
@@ -216,6 +217,7 @@ class Backend:
         timeout: float,
         wait_ready: float,
         sink: Sink | None = None,
+        notice: Notice | None = None,
         log_level: str | None = None,
         ask: Asker | None = None,
         front_version: str | None = None,
@@ -233,7 +235,7 @@ class Backend:
         if front_version and backing and (front_version in MODERN) != (backing in MODERN):
             telemetry.event("era translation", {"mcp.front.version": front_version, "mcp.backing.version": backing})
         params, progress = take_progress(params, sink)
-        hooks = CallHooks(sink=sink, log_level=log_level if sink is not None else None, ask=ask)
+        hooks = CallHooks(sink=sink, log_level=log_level if sink is not None else None, ask=ask, notice=notice)
         return await session.send(
             method,
             params,

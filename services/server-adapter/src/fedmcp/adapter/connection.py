@@ -48,6 +48,8 @@ log = structlog.get_logger("fedmcp.adapter.connection")
 
 Sink = Callable[[str, dict[str, Any]], Awaitable[None]]
 """Receives a request-scoped notification (method, params) for the front client."""
+Notice = Callable[[str, dict[str, Any]], bool]
+"""Sends a request-scoped notification (method, params) for the front client now; False if it cannot."""
 Asker = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 """Sends a server-to-client request (method, params) to the front client; returns its result or raises MCPError."""
 
@@ -68,7 +70,17 @@ class CallHooks:
     sink: Sink | None = None
     log_level: str | None = None
     ask: Asker | None = None
+    notice: Notice | None = None
+    """Sends a notification at once (so it keeps its place before the result); False when it cannot
+    (too large for one message): then `sink` gets it."""
 
+
+class _Notification(msgspec.Struct):
+    method: str
+    params: dict[str, Any]
+
+
+_log_line = msgspec.json.Decoder(_Notification)
 
 RAW_METHODS = frozenset(("tools/call", "resources/read", "prompts/get"))
 """Sent on a stdio server's raw lane (when no progress is asked for): their results go to the bus as they came."""
@@ -238,6 +250,8 @@ class BackingConnection:
                 metrics.POOL_SIZE.labels(self.name).inc()
                 self.client = client
                 self._lane = lanes[-1] if lanes else None
+                if self._lane is not None:
+                    self._lane.on_log = self._lane_log
                 self.state = "ready"
                 self._ready.set()
                 log.info("backing server connected", server=self.name, protocol_version=client.protocol_version)
@@ -322,6 +336,24 @@ class BackingConnection:
         if call is not None and call.sink is not None and jsonrpc.level_allows(call.log_level, params.level):
             await call.sink("notifications/message", params.model_dump(mode="json", by_alias=True, exclude_none=True))
 
+    def _lane_log(self, line: bytes) -> bool:
+        """A log message line seen by the raw lane, delivered as `_on_log` would, but now (True), so a
+        response the lane takes after it cannot overtake it; False leaves it to the SDK's reader."""
+        call = self._sole_call()
+        if call is None or call.notice is None:
+            return False
+        try:
+            note = _log_line.decode(line)
+            params = types.LoggingMessageNotificationParams.model_validate(note.params)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValidationError):
+            return False
+        if note.method != "notifications/message":
+            return False
+        if not jsonrpc.level_allows(call.log_level, params.level):
+            return True  # not wanted: dropped, as `_on_log` drops it
+        dumped = params.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return call.notice("notifications/message", dumped)
+
     async def _ask_front(self, method: str, params: BaseModel) -> dict[str, Any] | types.ErrorData:
         call = self._sole_call()
         if call is None or call.ask is None:
@@ -375,13 +407,13 @@ class BackingConnection:
         done: Callable[[msgspec.Raw | MCPError | BackendUnavailable | None], None],
     ) -> Pending:
         """`send` on the raw lane (from `express`) without a task: the request is written now and `done`
-        gets the outcome later (None: cancelled through the returned handle). For quiet calls only:
-        no progress, no log level."""
+        gets the outcome later (None: cancelled through the returned handle). Not for calls that want
+        progress; one that wants log messages needs `hooks.notice`."""
         client = self.client
         assert client is not None
         version = client.protocol_version
         if version in MODERN_PROTOCOL_VERSIONS:
-            params = enveloped(version, params, capabilities or {}, None)
+            params = enveloped(version, params, capabilities or {}, hooks.log_level)
         self._ids += 1
         call_id = self._ids
         self.in_flight[call_id] = hooks
@@ -429,13 +461,15 @@ class BackingConnection:
         self.in_flight[call_id] = hooks
         # Not when the call wants its log messages or progress: those go through the SDK's session,
         # and only its dispatcher keeps them in order ahead of the response they precede.
-        quiet = progress is None and (hooks.sink is None or hooks.log_level is None)
+        # (The lane delivers log messages in order itself when the call can take them at once.)
+        quiet = progress is None and (hooks.sink is None or hooks.log_level is None or hooks.notice is not None)
         lane = self._lane if client is self.client and quiet and method in RAW_METHODS else None
         try:
             if lane is not None:
                 version = client.protocol_version
                 if version in MODERN_PROTOCOL_VERSIONS:
-                    params = enveloped(version, params, capabilities or {}, None)
+                    level = hooks.log_level if hooks.sink is not None else None
+                    params = enveloped(version, params, capabilities or {}, level)
                 return await lane.request(method, params, timeout=timeout)
             if client.protocol_version in MODERN_PROTOCOL_VERSIONS and capabilities is not None:
                 return await send_modern(

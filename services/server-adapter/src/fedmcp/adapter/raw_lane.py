@@ -11,9 +11,10 @@ raw bytes (`msgspec.Raw`) all the way to the bus message.
 Only responses to the lane's own ids (`fedmcp-<n>`, never used by the SDK,
 whose ids are integers) are taken. Everything else the server writes, its
 notifications and its requests to the client mid-call included, still reaches
-the SDK's session and is handled as before. A response taken here can overtake
-notifications the server wrote before it (they are still on their way through
-the SDK), so calls that want their log messages or progress use the session.
+the SDK's session and is handled as before, except log messages (`on_log`): a
+response taken here would overtake one still on its way through the SDK, so while
+requests are pending the lane hands them on itself, in the order they came. Calls
+that want progress use the session.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 ID_PREFIX = "fedmcp-"
 _MARK = b'"' + ID_PREFIX.encode()
+_LOG_MARK = b'"notifications/message"'
 
 
 class _Error(msgspec.Struct):
@@ -88,6 +90,10 @@ class RawLane:
         self._ids = itertools.count(1)
         self._pending: dict[str, Pending] = {}
         self.closed = False
+        self.on_log: Callable[[bytes], bool] | None = None
+        """Offered each log message line while requests are pending; True: it was delivered (and is taken
+        out). A log message a server writes before a response must reach the bus before it, and a
+        response taken here would overtake one left to the SDK's reader."""
 
     def writable(self) -> bool:
         """Whether `submit` may be used now (the pipe open, and not backed up)."""
@@ -192,11 +198,17 @@ class RawLane:
 
     def take(self, chunk: bytes) -> bytes:
         """`chunk` (whole lines) without the lines that answer this lane's requests, which are delivered."""
-        if not self._pending or _MARK not in chunk:
+        if not self._pending:
+            return chunk
+        answers = _MARK in chunk
+        logs = self.on_log is not None and _LOG_MARK in chunk
+        if not answers and not logs:
             return chunk
         kept: list[bytes] = []
         for line in chunk.split(b"\n"):
-            if _MARK in line and self._deliver(line):
+            if answers and _MARK in line and self._deliver(line):
+                continue
+            if logs and _LOG_MARK in line and self.on_log is not None and self.on_log(line):
                 continue
             kept.append(line)
         return b"\n".join(kept)

@@ -252,7 +252,6 @@ class Adapter:
             or not headers.speaks_our_protocol(hdrs)
             or headers.SESSION in hdrs
             or headers.UPLOAD in hdrs
-            or headers.LOG_LEVEL in hdrs
             or self._inflight > self.max_concurrency
             or telemetry.recording()
         ):
@@ -284,7 +283,12 @@ class Adapter:
             self._accept(call)
         metrics.labelled(metrics.ADAPTER_INFLIGHT, self.name).inc()
         done = functools.partial(self._answered, msg.reply, call, request, time.perf_counter())
-        hooks = CallHooks(sink=functools.partial(self._sink, call), ask=functools.partial(self._ask, call))
+        hooks = CallHooks(
+            sink=functools.partial(self._sink, call),
+            log_level=hdrs.get(headers.LOG_LEVEL),
+            ask=functools.partial(self._ask, call),
+            notice=functools.partial(self._notice, call),
+        )
         try:
             with telemetry.consumer(hdrs, telemetry.RPC_TEMPLATE, self.name):  # the trace context goes on in `_meta`
                 capabilities = _capabilities(hdrs.get(headers.CLIENT_CAPABILITIES))
@@ -567,6 +571,7 @@ class Adapter:
 
         sink = functools.partial(self._sink, call)
         ask = functools.partial(self._ask, call)
+        notice = functools.partial(self._notice, call)
         try:
             if request.method in ("resources/subscribe", "resources/unsubscribe"):
                 uri = str((request.params or {}).get("uri", ""))
@@ -586,6 +591,7 @@ class Adapter:
                     timeout=left,
                     wait_ready=min(left, self.restart_wait),
                     sink=sink,
+                    notice=notice,
                     log_level=hdrs.get(headers.LOG_LEVEL),
                     ask=ask,
                     front_version=hdrs.get(headers.FRONT_VERSION),
@@ -617,6 +623,14 @@ class Adapter:
             return jsonrpc.encode_error(rid, jsonrpc.UPSTREAM_TIMEOUT, message), jsonrpc.UPSTREAM_TIMEOUT
         error = exc.error
         return jsonrpc.encode_error(rid, error.code, error.message, error.data), error.code
+
+    def _notice(self, call: _Call, method: str, params: dict[str, Any]) -> bool:
+        """A notification of the call for the front client, sent now; False if it needs `_sink`."""
+        frame = jsonrpc.encode_notification(method, params)
+        if len(frame) > chunks.chunk_size(self.nc.max_payload):
+            return False
+        self._accept(call)
+        return self._frame(call.reply, headers.Kind.NOTIFY, frame)
 
     async def _sink(self, call: _Call, method: str, params: dict[str, Any]) -> None:
         """A notification of the call for the front client."""
