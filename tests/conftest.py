@@ -35,6 +35,17 @@ def demo_server(**kw: Any) -> BackingServer:
     return BackingServer(command=sys.executable, args=["-m", "fedmcp.demo_server.server"], **kw)
 
 
+async def probe_saw_cancel(client: Any, seconds: float, timeout: float = 10) -> None:
+    """Until probe_server.py reports its `sleep(seconds)` cancelled: the cancel travels client ->
+    edge -> NATS -> adapter -> server, and the server handles it in its own time, so ask it."""
+    with anyio.fail_after(timeout):
+        while True:
+            seen = (await client.call_tool("probe_cancelled", {})).structured_content
+            if seen == {"result": [seconds]}:
+                return
+            await anyio.sleep(0.05)
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

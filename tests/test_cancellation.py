@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from conftest import federation, python_server
+from conftest import federation, probe_saw_cancel, python_server
 from fedmcp.shared.natsserver import NatsServer
 from mcp import Client
 
@@ -28,12 +28,7 @@ async def test_client_cancel_reaches_the_backing_server(nats_server: NatsServer,
                     await sleeping.wait()  # the backing server is in the call
                     tg.cancel_scope.cancel()  # the client abandons the call
             assert not scope.cancelled_caught
-            with anyio.fail_after(10):
-                while True:  # the cancel travels client -> edge -> NATS -> adapter -> server
-                    seen = (await client.call_tool("probe_cancelled", {})).structured_content
-                    if seen == {"result": [30.0]}:
-                        break
-                    await anyio.sleep(0.05)
+            await probe_saw_cancel(client, 30.0)
         assert adapter._scopes == {}
 
 
