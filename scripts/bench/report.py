@@ -428,7 +428,13 @@ def markdown(run: Run, previous: str = "") -> str:
         "uv run --group bench python scripts/bench/run.py           # full run (~6 min): docs/benchmarks.md + .png",
         "uv run --group bench python scripts/bench/run.py --quick   # < 1 min: direct HTTP vs fedmcp, printed only",
         "uv run --group bench python scripts/bench/run.py --help    # rounds, calls, extras, profiling, --only",
+        "# before/after in one run: another revision's checkout (uv sync there) measured as fedmcp-base",
+        "git worktree add /tmp/base HEAD~1 && (cd /tmp/base && uv sync --locked)",
+        "uv run --group bench python scripts/bench/run.py --quick --baseline /tmp/base",
         "```",
+        "",
+        "Timings on a shared VM swing by tens of percent from one minute to the next, so a before/after "
+        "from two separate runs says little; `--baseline` interleaves the two revisions round by round.",
         "",
         "The peers (mcp-proxy, fastmcp) and py-spy are installed by the harness into their own venvs under "
         "`.bench/venvs/` (ignored by git); a peer that cannot be installed is reported as unavailable.",

@@ -208,7 +208,7 @@ class Stack:
     def _baseline(self, checkout: Path) -> Setup:
         """The standard path run by another revision's code, on a bus of its own (same catalog names)."""
         py = str(checkout / ".venv" / "bin" / "python")
-        nats = NatsServer(self.work / "nats-base", gomaxprocs=None).start()
+        nats = NatsServer(self.work / "nats-base").start()
         self._extra_nats.append(nats)
         assert nats.process is not None
         nats_proc = psutil.Process(nats.process.pid)
