@@ -130,7 +130,7 @@ async def measure(args: argparse.Namespace, stack: Stack, run: report.Run) -> No
                 flush=True,
             )
         if args.profile_seconds > 0:
-            target = next((s for s in active if s.name == "fedmcp"), None)
+            target = next((s for s in active if s.name == args.profile_setup), None)
             if target is not None:
                 await profile(args.profile_seconds, target, stack, run, native=args.profile_native)
         stop.set()
@@ -252,6 +252,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="py-spy without --native (then uvloop's idle epoll time shows as Runner.run)",
     )
     ap.add_argument("--only", help="comma-separated setup names to measure")
+    ap.add_argument(
+        "--profile-setup", default="fedmcp", help="the setup profiled (fedmcp or fedmcp-legacy: same processes)"
+    )
     ap.add_argument(
         "--baseline",
         type=Path,

@@ -336,6 +336,7 @@ class Stack:
                     "legacy",
                     url=self.edge_url,
                     roles=dict(fed_roles),
+                    services={"edge": self.edge, "adapter": adapter},
                     fedmcp=True,
                 )
             )
