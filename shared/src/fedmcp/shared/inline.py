@@ -90,19 +90,18 @@ class Inline:
         nc.stats["in_bytes"] += len(data)
         sub._received += 1
         handler, cache = entry
-        hdr = headers
         parsed: dict[str, str] | None
-        if not hdr:
+        if not headers:
             parsed = None
         elif cache is None:
-            parsed = await nc._process_headers(hdr)
-        elif hdr in cache:
-            parsed = cache[hdr]
+            parsed = await nc._process_headers(headers)
+        elif headers in cache:
+            parsed = cache[headers]
         else:
-            parsed = await nc._process_headers(hdr)
+            parsed = await nc._process_headers(headers)
             if len(cache) >= _HEADER_CACHE_SIZE:
                 cache.clear()
-            cache[hdr] = parsed
+            cache[headers] = parsed
         msg = Msg(_client=nc, subject=subject.decode(), reply=reply.decode(), data=data, headers=parsed, _sid=sid)
         try:
             handler(msg)

@@ -52,16 +52,14 @@ class NatsServer:
         config_file: Path | None = None,
         name: str = "fedmcp",
         max_payload: int = 8 * 1024 * 1024,
-        gomaxprocs: int | None = -1,
     ) -> None:
-        """`gomaxprocs`: OS threads running Go code at once; -1: `default_gomaxprocs()`, None: Go's default."""
         self.host = host
         self.port = port or free_port(host)
         self.data_dir = data_dir
         self.config_file = config_file
         self.name = name
         self.max_payload = max_payload
-        self.gomaxprocs = default_gomaxprocs() if gomaxprocs == -1 else gomaxprocs
+        self.gomaxprocs = default_gomaxprocs()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

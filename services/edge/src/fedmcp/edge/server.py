@@ -458,13 +458,13 @@ class FederatedServer:
                     answer = await self._ask_client(ctx, req_method, req_params)
                 except MCPError as exc:
                     err = exc.error
-                    await self.upstream.answer(answer_to, jsonrpc.encode_error(req_id, err.code, err.message, err.data))
+                    self.upstream.answer(answer_to, jsonrpc.encode_error(req_id, err.code, err.message, err.data))
                 else:
-                    await self.upstream.answer(answer_to, jsonrpc.encode_result(req_id, answer))
+                    self.upstream.answer(answer_to, jsonrpc.encode_result(req_id, answer))
                 return None
             if not client_can(front.capabilities, req_method):
                 message = f"the client did not declare the capability for {req_method}"
-                await self.upstream.answer(answer_to, jsonrpc.encode_error(req_id, MISSING_CAPABILITY, message))
+                self.upstream.answer(answer_to, jsonrpc.encode_error(req_id, MISSING_CAPABILITY, message))
                 return None
             # A 2026-07-28 client has no back channel: the question becomes an input_required
             # result, and the client's retry (on any edge) carries the answer back to this call.

@@ -310,7 +310,7 @@ class Upstream:
             hdrs[headers.UPLOAD] = str(len(payload))
             payload = b""
 
-        async def send(reply: str) -> None:
+        def send(reply: str) -> None:
             hdrs[headers.ACCEPT_BY] = headers.deadline_in(self.accept_timeout)
             self.bus.post(subject, payload, reply=reply, headers=hdrs)
 
@@ -382,18 +382,18 @@ class Upstream:
         """Answer an adapter that is waiting mid-call, and take over the rest of that call."""
         timeout = self.request_timeout if timeout is None else timeout
 
-        async def send(reply: str) -> None:
+        def send(reply: str) -> None:
             self.bus.post(answer_to, answer, headers=headers.base({headers.REPLY_TO: reply}))
 
         return await self._exchange(server, send, timeout, on_notify, on_request, accepted=True)
 
-    async def answer(self, subject: str, payload: bytes) -> None:
+    def answer(self, subject: str, payload: bytes) -> None:
         self.bus.post(subject, payload, headers=headers.base())
 
     async def _exchange(
         self,
         server: str,
-        send: Callable[[str], Awaitable[None]],
+        send: Callable[[str], None],
         timeout: float,
         on_notify: Notify | None,
         on_request: OnRequest | None,
@@ -411,7 +411,7 @@ class Upstream:
         reply = call.reply = self.subjects.reply(self.edge_id, token)
         finished = False
         try:
-            await send(reply)
+            send(reply)
             result = await self._await_result(server, call, timeout, on_notify, on_request, accepted, on_accept, raw)
             finished = True
             return result
@@ -508,7 +508,7 @@ class Upstream:
             request = jsonrpc.Request(method="")
         assert frame.reply is not None
         if on_request is None or not request.method:
-            await self.answer(
+            self.answer(
                 frame.reply,
                 jsonrpc.encode_error(request.id, jsonrpc.METHOD_NOT_FOUND, "the client cannot take this request"),
             )

@@ -344,10 +344,10 @@ class BackingConnection:
             return False
         try:
             note = _log_line.decode(line)
+            if note.method != "notifications/message":
+                return False
             params = types.LoggingMessageNotificationParams.model_validate(note.params)
         except (msgspec.DecodeError, msgspec.ValidationError, ValidationError):
-            return False
-        if note.method != "notifications/message":
             return False
         if not jsonrpc.level_allows(call.log_level, params.level):
             return True  # not wanted: dropped, as `_on_log` drops it
@@ -411,9 +411,7 @@ class BackingConnection:
         progress; one that wants log messages needs `hooks.notice`."""
         client = self.client
         assert client is not None
-        version = client.protocol_version
-        if version in MODERN_PROTOCOL_VERSIONS:
-            params = enveloped(version, params, capabilities or {}, hooks.log_level)
+        params = _lane_params(client, params, capabilities, hooks)
         self._ids += 1
         call_id = self._ids
         self.in_flight[call_id] = hooks
@@ -466,11 +464,7 @@ class BackingConnection:
         lane = self._lane if client is self.client and quiet and method in RAW_METHODS else None
         try:
             if lane is not None:
-                version = client.protocol_version
-                if version in MODERN_PROTOCOL_VERSIONS:
-                    level = hooks.log_level if hooks.sink is not None else None
-                    params = enveloped(version, params, capabilities or {}, level)
-                return await lane.request(method, params, timeout=timeout)
+                return await lane.request(method, _lane_params(client, params, capabilities, hooks), timeout=timeout)
             if client.protocol_version in MODERN_PROTOCOL_VERSIONS and capabilities is not None:
                 return await send_modern(
                     client,
@@ -495,6 +489,17 @@ class BackingConnection:
             ) from exc
         finally:
             del self.in_flight[call_id]
+
+
+def _lane_params(
+    client: Client, params: dict[str, Any] | None, capabilities: Mapping[str, Any] | None, hooks: CallHooks
+) -> dict[str, Any] | None:
+    """A request's params for the raw lane: with this hop's 2026-07-28 envelope on a session of that era
+    (the SDK writes it on its own path)."""
+    version = client.protocol_version
+    if version not in MODERN_PROTOCOL_VERSIONS:
+        return params
+    return enveloped(version, params, capabilities or {}, hooks.log_level if hooks.sink is not None else None)
 
 
 async def raw_request(

@@ -84,7 +84,6 @@ class Pending:
 
 class RawLane:
     def __init__(self, stdin: ByteSendStream) -> None:
-        self._stdin = stdin
         self._writer: asyncio.StreamWriter | None = getattr(stdin, "_stream", None)
         """asyncio's writer under anyio's stream (a write needs no await: `submit` runs in a callback)."""
         self._ids = itertools.count(1)
@@ -201,14 +200,14 @@ class RawLane:
         if not self._pending:
             return chunk
         answers = _MARK in chunk
-        logs = self.on_log is not None and _LOG_MARK in chunk
-        if not answers and not logs:
+        on_log = self.on_log if _LOG_MARK in chunk else None
+        if not answers and on_log is None:
             return chunk
         kept: list[bytes] = []
         for line in chunk.split(b"\n"):
             if answers and _MARK in line and self._deliver(line):
                 continue
-            if logs and _LOG_MARK in line and self.on_log is not None and self.on_log(line):
+            if on_log is not None and _LOG_MARK in line and on_log(line):
                 continue
             kept.append(line)
         return b"\n".join(kept)
