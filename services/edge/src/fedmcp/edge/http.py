@@ -28,10 +28,11 @@ from starlette.types import ASGIApp
 
 RETRY_MS = 1000
 """SSE `retry` hint for handshake-era clients whose stream was closed for polling."""
-LOCAL_IDLE = 5.0
+LOCAL_IDLE = 2.0
 """Seconds without a request after which an edge drops its in-memory copy of a handshake-era session.
 The session lives on in the sessions bucket and the next request, on any edge, adopts it again: an idle
-session costs its record, not a transport and its tasks."""
+session costs its record, not a transport and its tasks. Short, because a live copy holds about 50 kB: the
+window bounds how many a burst of new sessions keeps in memory at once (docs/benchmarks.md)."""
 
 
 def build_app(

@@ -63,8 +63,11 @@ SERVED_METHODS = frozenset(
 )
 
 
-ACCEPT_DELAY = 0.02
-"""Seconds a call may run before its `accept` goes out (at most half of what is left of its accept-by time)."""
+ACCEPT_DELAY = 0.25
+"""Seconds an idempotent call may run before its `accept` goes out (at most half of what is left of its
+accept-by time). Well past what a call waits in a loaded server's queue (tens of ms at c=64: at 20 ms most
+calls there sent an accept, one more message through the bus each), and well within the edge's accept
+window (2 s), whose expiry only makes the edge send an idempotent call again."""
 
 
 @dataclass
