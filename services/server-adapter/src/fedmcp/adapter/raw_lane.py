@@ -88,6 +88,8 @@ class RawLane:
         """asyncio's writer under anyio's stream (a write needs no await: `submit` runs in a callback)."""
         self._ids = itertools.count(1)
         self._pending: dict[str, Pending] = {}
+        self._outgoing: list[bytes] = []
+        """Lines written in this loop iteration, to go to the pipe in one write at its end (`_write`)."""
         self.closed = False
         self.on_log: Callable[[bytes], bool] | None = None
         """Offered each log message line while requests are pending; True: it was delivered (and is taken
@@ -120,13 +122,25 @@ class RawLane:
         if params is not None:
             message["params"] = params
         pending = self._pending[request_id] = Pending(self, request_id, done)
-        loop = asyncio.get_running_loop()
-        pending.timer = loop.call_later(timeout, self._timed_out, pending, timeout)
-        try:
-            self._writer.write(_encoder.encode(message) + b"\n")
-        except (RuntimeError, OSError):  # the pipe is gone: fail everything, after the caller has its handle
-            loop.call_soon(self.close)
+        pending.timer = asyncio.get_running_loop().call_later(timeout, self._timed_out, pending, timeout)
+        self._write(_encoder.encode(message) + b"\n")
         return pending
+
+    def _write(self, line: bytes) -> None:
+        """Queue `line` for the pipe: the requests a bus read brings in (several under load) go out in
+        one write, so the adapter makes one syscall and the server one read for all of them."""
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outgoing.append(line)
+
+    def _flush(self) -> None:
+        lines, self._outgoing = self._outgoing, []
+        if self.closed or self._writer is None or not lines:
+            return
+        try:
+            self._writer.write(b"".join(lines))
+        except (RuntimeError, OSError):  # the pipe is gone: fail everything waiting
+            self.close()
 
     async def request(self, method: str, params: dict[str, Any] | None, *, timeout: float) -> msgspec.Raw:
         """Send one request and return its raw `result`; errors as `submit` gives them, raised as MCPError;
@@ -191,8 +205,7 @@ class RawLane:
             pending.timer = None
         if tell_server and not self.closed and self._writer is not None:
             note = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": pending.id}}
-            with contextlib.suppress(RuntimeError, OSError):
-                self._writer.write(_encoder.encode(note) + b"\n")
+            self._write(_encoder.encode(note) + b"\n")
         pending.done(outcome)
 
     def take(self, chunk: bytes) -> bytes:
