@@ -36,6 +36,9 @@ UPLOAD = "Fedmcp-Upload"
 adapter that takes the request pulls the pieces from the request's reply subject."""
 CHUNK_INDEX = "Fedmcp-Chunk-Index"
 """On a `pull` frame: which piece of the upload is wanted."""
+SIZE = "Fedmcp-Size"
+"""On `chunk` frames: the size in bytes of the whole message they begin, so that the receiver holds it
+in one buffer of that size from the first chunk on (no buffer grown and copied chunk by chunk)."""
 REPLY_TO = "Fedmcp-Reply-To"
 """On an answer to a server-to-client request: where the rest of the call's frames go now
 (a client's retry may reach another edge than the one that asked)."""

@@ -233,7 +233,7 @@ class Upstream:
                 return
             if kind == headers.Kind.CHUNK:
                 # Assembled here, in NATS's order, not queued: a big result must not be dropped.
-                call.assembler.add(msg.data)
+                call.assembler.add(msg.data, hdrs.get(headers.SIZE))
                 return
             data = call.assembler.finish(msg.data)
             if call.assembler.overflow:

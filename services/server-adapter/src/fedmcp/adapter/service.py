@@ -392,7 +392,13 @@ class Adapter:
             await self.nc.publish(to, error, headers=hdrs)
             return
         pieces = list(chunks.split(payload, size))
-        chunk_hdrs = headers.base({headers.KIND: headers.Kind.CHUNK, headers.INSTANCE: self.instance.instance})
+        chunk_hdrs = headers.base(
+            {
+                headers.KIND: headers.Kind.CHUNK,
+                headers.INSTANCE: self.instance.instance,
+                headers.SIZE: str(len(payload)),
+            }
+        )
         for piece in pieces[:-1]:
             await self.nc.publish(to, piece, headers=chunk_hdrs)
         await self.nc.publish(to, pieces[-1], headers=hdrs)
