@@ -216,6 +216,10 @@ class RawLane:
         on_log = self.on_log if _LOG_MARK in chunk else None
         if not answers and on_log is None:
             return chunk
+        if answers and on_log is None and chunk.find(b"\n") == len(chunk) - 1:
+            # One whole line, the common case and the one of a large result: delivered from the chunk
+            # itself, not from a copy made by splitting it.
+            return b"" if self._deliver(memoryview(chunk)[:-1]) else chunk
         kept: list[bytes] = []
         for line in chunk.split(b"\n"):
             if answers and _MARK in line and self._deliver(line):
@@ -225,7 +229,7 @@ class RawLane:
             kept.append(line)
         return b"\n".join(kept)
 
-    def _deliver(self, line: bytes) -> bool:
+    def _deliver(self, line: bytes | memoryview) -> bool:
         try:
             reply = _reply_decoder.decode(line)
         except (msgspec.DecodeError, msgspec.ValidationError):

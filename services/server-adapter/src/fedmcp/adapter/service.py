@@ -391,7 +391,6 @@ class Adapter:
             )
             await self.nc.publish(to, error, headers=hdrs)
             return
-        pieces = list(chunks.split(payload, size))
         chunk_hdrs = headers.base(
             {
                 headers.KIND: headers.Kind.CHUNK,
@@ -399,9 +398,14 @@ class Adapter:
                 headers.SIZE: str(len(payload)),
             }
         )
-        for piece in pieces[:-1]:
+        # One piece at a time (nats-py flushes its buffer as it fills): a copy of the whole payload in
+        # pieces would double the adapter's memory for a large result.
+        pieces = chunks.split(payload, size)
+        piece = next(pieces)
+        for following in pieces:
             await self.nc.publish(to, piece, headers=chunk_hdrs)
-        await self.nc.publish(to, pieces[-1], headers=hdrs)
+            piece = following
+        await self.nc.publish(to, piece, headers=hdrs)
 
     async def _serve_one(self, msg: Msg) -> None:
         if not headers.speaks_our_protocol(msg.headers):
