@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,16 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x"
 
 
+def paired(a: Result, b: Result, concurrency: int) -> str:
+    """The ratio of a's calls/s to b's taken round by round (the two ran within seconds of each other in
+    each round, so machine drift between rounds cancels out): median and range over the rounds."""
+    xs, ys = a.throughput.get(concurrency, []), b.throughput.get(concurrency, [])
+    ratios = sorted(x / y for x, y in zip(xs, ys, strict=True) if y) if len(xs) == len(ys) else []
+    if not ratios:
+        return ""
+    return f"; paired per round: {statistics.median(ratios):.2f}x, {ratios[0]:.2f}-{ratios[-1]:.2f}x"
+
+
 def own_cpu(result: Result) -> float:
     parts = [result.cpu_ms_per_call(role) for role in FEDMCP_OWN]
     return sum(p for p in parts if not math.isnan(p)) if any(not math.isnan(p) for p in parts) else float("nan")
@@ -105,7 +116,7 @@ def targets(run: Run) -> list[tuple[str, str, str]]:
         rows.append(
             (
                 "standard path calls/s at c=16 >= 1.5x mcp-proxy",
-                f"{a:.0f} vs {b:.0f} ({ratio(a, b)})",
+                f"{a:.0f} vs {b:.0f} ({ratio(a, b)}{paired(fed, proxy, 16)})",
                 verdict(a >= 1.5 * b),
             )
         )
@@ -116,7 +127,7 @@ def targets(run: Run) -> list[tuple[str, str, str]]:
         rows.append(
             (
                 "standard path calls/s at c=16 >= 0.8x direct HTTP",
-                f"{a:.0f} vs {b:.0f} ({ratio(a, b)})",
+                f"{a:.0f} vs {b:.0f} ({ratio(a, b)}{paired(fed, direct, 16)})",
                 verdict(a >= 0.8 * b),
             )
         )
