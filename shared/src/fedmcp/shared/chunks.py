@@ -42,10 +42,16 @@ class Assembler:
         self.overflow = 0
         """Bytes seen past the limit (0 while within it)."""
 
+    @property
+    def received(self) -> int:
+        """Bytes added so far (0 after an overflow)."""
+        return self._filled
+
     def add(self, piece: bytes, size: str | None = None) -> None:
         """Append `piece`; `size`: the whole message's size as its first chunk announced it (headers.SIZE).
         A buffer grown chunk by chunk is copied as it grows and leaves the allocator's heap fragmented:
-        a 50 MB read briefly took up to twice the payload in the edge's RSS."""
+        a 50 MB read briefly took up to twice the payload in the edge's RSS. Never more than `limit` is
+        allocated, whatever a sender announces: as much as it could make the receiver hold by sending it."""
         if self.overflow or self._filled + len(piece) > self.limit:
             self.overflow += len(piece) + self._filled
             self._buffer, self._filled = bytearray(), 0

@@ -540,12 +540,12 @@ class Adapter:
             )
         if not msg.reply:
             raise MCPError(code=jsonrpc.INVALID_REQUEST, message="an upload needs a reply subject")
-        body = bytearray()
+        body = chunks.Assembler(size)  # held in one buffer of the announced size; more is an error
         index = 0
         stopped = MCPError(code=jsonrpc.INVALID_REQUEST, message="the edge stopped sending the request body")
         try:
             with anyio.fail_after(max(left, 0.1)):
-                while len(body) < size:
+                while body.received < size and not body.overflow:
                     piece = await self.nc.request(
                         msg.reply,
                         b"",
@@ -554,13 +554,13 @@ class Adapter:
                     )
                     if not piece.data:
                         raise stopped
-                    body += piece.data
+                    body.add(piece.data, size_header)
                     index += 1
         except (TimeoutError, NatsError):  # nobody answers on the reply subject, or too late
             raise stopped from None
-        if len(body) > size:
+        if body.overflow:
             raise MCPError(code=jsonrpc.INVALID_REQUEST, message="the request body is larger than announced")
-        return body
+        return body.finish(b"")
 
     async def _forward(
         self, request: jsonrpc.Request, call: _Call, hdrs: dict[str, str], pin: Pinned | None = None, *, first: bool
