@@ -67,7 +67,9 @@ def paired(a: Result, b: Result, concurrency: int) -> str:
     """The ratio of a's calls/s to b's taken round by round (the two ran within seconds of each other in
     each round, so machine drift between rounds cancels out): median and range over the rounds."""
     xs, ys = a.throughput.get(concurrency, []), b.throughput.get(concurrency, [])
-    ratios = sorted(x / y for x, y in zip(xs, ys, strict=True) if y) if len(xs) == len(ys) else []
+    if len(xs) != len(ys):  # a setup missed a round: the rounds no longer pair up
+        return ""
+    ratios = sorted(x / y for x, y in zip(xs, ys, strict=True) if y)
     if not ratios:
         return ""
     return f"; paired per round: {statistics.median(ratios):.2f}x, {ratios[0]:.2f}-{ratios[-1]:.2f}x"

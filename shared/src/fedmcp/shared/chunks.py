@@ -56,6 +56,7 @@ class Assembler:
             self.overflow += len(piece) + self._filled
             self._buffer, self._filled = bytearray(), 0
             return
+        # (12 digits is far past any limit, and keeps int() from a digit string of any length)
         announced = int(size) if size is not None and size.isdecimal() and len(size) <= 12 else None
         if not self._filled and announced is not None and len(piece) <= announced <= self.limit:
             self._buffer = bytearray(announced)

@@ -135,7 +135,7 @@ class RawLane:
 
     def _flush(self) -> None:
         lines, self._outgoing = self._outgoing, []
-        if self.closed or self._writer is None or not lines:
+        if self.closed or self._writer is None:
             return
         try:
             self._writer.write(b"".join(lines))
