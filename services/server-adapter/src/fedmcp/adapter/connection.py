@@ -16,6 +16,8 @@ goes to the latest call in flight.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -29,7 +31,8 @@ import mcp_types as types
 import msgspec
 import structlog
 from fedmcp.adapter import stdio_lines
-from fedmcp.adapter.envelope import HeaderMaps, enveloped, send_modern
+from fedmcp.adapter.envelope import HeaderMaps, enveloped, hop_headers, send_modern
+from fedmcp.adapter.http_lane import HttpLane, Redirected
 from fedmcp.adapter.raw_lane import OPENED, Outcome, Pending, RawLane
 from fedmcp.shared import chunks, jsonrpc, metrics
 from fedmcp.shared.config import BackingServer
@@ -137,6 +140,8 @@ class BackingConnection:
         self.in_flight: dict[int, CallHooks] = {}
         self._lane: RawLane | None = None
         """The current stdio child's raw lane (raw_lane.py); None for HTTP servers and between sessions."""
+        self._http: HttpLane | None = None
+        """The HTTP lane (http_lane.py) of a 2026-07-28 session over HTTP; None otherwise."""
         self._ids = 0
         self._closing = False
         self.finished = anyio.Event()
@@ -252,6 +257,9 @@ class BackingConnection:
                 self._lane = lanes[-1] if lanes else None
                 if self._lane is not None:
                     self._lane.on_log = self._lane_log
+                if self.config.url is not None and client.protocol_version in MODERN_PROTOCOL_VERSIONS:
+                    self._http = HttpLane(self.config.url, self.config.headers, limit=chunks.DEFAULT_LIMIT)
+                    stack.push_async_callback(self._close_http, self._http)
                 self.state = "ready"
                 self._ready.set()
                 log.info("backing server connected", server=self.name, protocol_version=client.protocol_version)
@@ -270,6 +278,12 @@ class BackingConnection:
         if scope.cancelled_caught and not connected:
             raise TimeoutError(f"no handshake with the backing server within {self._connect_timeout}s")
         return connected
+
+    async def _close_http(self, lane: HttpLane) -> None:
+        if self._http is lane:
+            self._http = None
+        with anyio.CancelScope(shield=True):  # the session may end by cancellation; the sockets close anyway
+            await lane.close()
 
     async def _open_log_gate(self, client: Client) -> None:
         """Handshake-era servers log per session: take everything, filter per request here."""
@@ -332,9 +346,7 @@ class BackingConnection:
         return next(iter(self.in_flight.values())) if len(self.in_flight) == 1 else None
 
     async def _on_log(self, params: types.LoggingMessageNotificationParams) -> None:
-        call = self._sole_call()
-        if call is not None and call.sink is not None and jsonrpc.level_allows(call.log_level, params.level):
-            await call.sink("notifications/message", params.model_dump(mode="json", by_alias=True, exclude_none=True))
+        await _deliver_log(self._sole_call(), params)
 
     def _lane_log(self, line: bytes) -> bool:
         """A log message line seen by the raw lane, delivered as `_on_log` would, but now (True), so a
@@ -462,9 +474,23 @@ class BackingConnection:
         # (The lane delivers log messages in order itself when the call can take them at once.)
         quiet = progress is None and (hooks.sink is None or hooks.log_level is None or hooks.notice is not None)
         lane = self._lane if client is self.client and quiet and method in RAW_METHODS else None
+        http = self._http if client is self.client and progress is None and method in RAW_METHODS else None
         try:
             if lane is not None:
                 return await lane.request(method, _lane_params(client, params, capabilities, hooks), timeout=timeout)
+            if http is not None and http.usable:
+                # Its log messages come on its own stream, so they are this call's, however many are in flight.
+                body = _lane_params(client, params, capabilities, hooks)
+                assert body is not None
+                on_log = functools.partial(_http_log, hooks) if hooks.sink is not None else None
+                with contextlib.suppress(Redirected):  # nothing ran: the SDK's way follows the redirect
+                    return await http.request(
+                        method,
+                        body,
+                        headers=hop_headers(client.protocol_version, method, body, maps),
+                        timeout=timeout,
+                        on_log=on_log,
+                    )
             if client.protocol_version in MODERN_PROTOCOL_VERSIONS and capabilities is not None:
                 return await send_modern(
                     client,
@@ -489,6 +515,21 @@ class BackingConnection:
             ) from exc
         finally:
             del self.in_flight[call_id]
+
+
+async def _deliver_log(call: CallHooks | None, params: types.LoggingMessageNotificationParams) -> None:
+    """A log message for `call`, if it takes log messages at that level."""
+    if call is not None and call.sink is not None and jsonrpc.level_allows(call.log_level, params.level):
+        await call.sink("notifications/message", params.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+async def _http_log(call: CallHooks, params: dict[str, Any]) -> None:
+    """A log message on an HTTP lane call's own stream (dropped if malformed, as the SDK's session drops it)."""
+    try:
+        validated = types.LoggingMessageNotificationParams.model_validate(params)
+    except ValidationError:
+        return
+    await _deliver_log(call, validated)
 
 
 def _lane_params(

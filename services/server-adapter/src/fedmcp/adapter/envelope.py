@@ -59,6 +59,19 @@ def enveloped(
     return body
 
 
+def hop_headers(version: str, method: str, body: Mapping[str, Any], maps: HeaderMaps) -> dict[str, str]:
+    """The HTTP headers of a 2026-07-28 request with params `body`: version, method, name, and the
+    arguments the tool mirrors into `Mcp-Param-*` headers."""
+    headers = {MCP_PROTOCOL_VERSION_HEADER: version, MCP_METHOD_HEADER: method}
+    name_key = NAME_BEARING_METHODS.get(method)
+    name = body.get(name_key) if name_key else None
+    if isinstance(name, str):
+        headers[MCP_NAME_HEADER] = encode_header_value(name)
+        if method == "tools/call" and name in maps:
+            headers.update(mcp_param_headers(maps[name], body.get("arguments") or {}))
+    return headers
+
+
 async def send_modern(
     client: Client,
     method: str,
@@ -72,14 +85,7 @@ async def send_modern(
 ) -> dict[str, Any]:
     version = client.protocol_version
     body = enveloped(version, params, capabilities, log_level)
-    headers = {MCP_PROTOCOL_VERSION_HEADER: version, MCP_METHOD_HEADER: method}
-    name_key = NAME_BEARING_METHODS.get(method)
-    name = body.get(name_key) if name_key else None
-    if isinstance(name, str):
-        headers[MCP_NAME_HEADER] = encode_header_value(name)
-        if method == "tools/call" and name in maps:
-            headers.update(mcp_param_headers(maps[name], body.get("arguments") or {}))
-    opts: CallOptions = {"headers": headers, "timeout": timeout}
+    opts: CallOptions = {"headers": hop_headers(version, method, body, maps), "timeout": timeout}
     if progress is not None:
         opts["on_progress"] = progress
     result: dict[str, Any] = await client.session._dispatcher.send_raw_request(method, body, opts)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -39,21 +39,31 @@ _MARK = b'"' + ID_PREFIX.encode()
 _LOG_MARK = b'"notifications/message"'
 
 
-class _Error(msgspec.Struct):
+class ReplyError(msgspec.Struct):
     code: int
     message: str = ""
     data: Any = None
 
 
-class _Reply(msgspec.Struct):
+class Reply(msgspec.Struct):
+    """A JSON-RPC message as far as a lane reads it: a response (raw result or error), or a message with a method."""
+
     id: Any = None
     method: Any = None
     result: msgspec.Raw = msgspec.Raw(b"")
     """Empty when the response has none."""
-    error: _Error | None = None
+    error: ReplyError | None = None
+
+    def outcome(self) -> msgspec.Raw | MCPError:
+        """The raw result, or the error this response carries."""
+        if self.error is not None:
+            return MCPError(code=self.error.code, message=self.error.message, data=self.error.data)
+        if not self.result:
+            return MCPError(code=jsonrpc.INTERNAL_ERROR, message="response without a result")
+        return self.result
 
 
-_reply_decoder = msgspec.json.Decoder(_Reply)
+reply_decoder = msgspec.json.Decoder(Reply)
 _encoder = msgspec.json.Encoder()
 _tracer = trace.get_tracer("mcp-python-sdk")
 
@@ -147,22 +157,8 @@ class RawLane:
         a request given up on (cancelled) is cancelled at the server."""
         if self.closed or self._writer is None:
             raise MCPError(code=jsonrpc.CONNECTION_CLOSED_SDK, message="Connection closed")
-        target = (params or {}).get("name")
-        if not telemetry.recording():
+        with client_span(method, params):
             return await self._exchange(method, params, timeout)
-        # The SDK client's CLIENT span, so a trace looks the same whichever way the request went.
-        with _tracer.start_as_current_span(
-            f"MCP send {method}{f' {target}' if isinstance(target, str) else ''}",
-            kind=SpanKind.CLIENT,
-            attributes={"mcp.method.name": method},
-        ) as span:
-            try:
-                return await self._exchange(method, params, timeout)
-            except MCPError as exc:
-                code = str(exc.error.code)
-                span.set_attributes({"error.type": code, "rpc.response.status_code": code})
-                span.set_status(StatusCode.ERROR, exc.error.message)
-                raise
 
     async def _exchange(self, method: str, params: dict[str, Any] | None, timeout: float) -> msgspec.Raw:
         if not self.writable() and not self.closed and self._writer is not None:
@@ -231,20 +227,13 @@ class RawLane:
 
     def _deliver(self, line: bytes | memoryview) -> bool:
         try:
-            reply = _reply_decoder.decode(line)
+            reply = reply_decoder.decode(line)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return False
         pending = self._pending.get(reply.id) if isinstance(reply.id, str) and reply.method is None else None
         if pending is None:
             return False
-        outcome: Outcome
-        if reply.error is not None:
-            outcome = MCPError(code=reply.error.code, message=reply.error.message, data=reply.error.data)
-        elif not reply.result:
-            outcome = MCPError(code=jsonrpc.INTERNAL_ERROR, message="response without a result")
-        else:
-            outcome = reply.result
-        self._finish(pending, outcome)
+        self._finish(pending, reply.outcome())
         return True
 
     def close(self) -> None:
@@ -256,3 +245,25 @@ class RawLane:
 
 OPENED: ContextVar[Callable[[RawLane], None] | None] = ContextVar("fedmcp_raw_lane_opened", default=None)
 """Told of the lane of a stdio child spawned in this context (the connection that started it)."""
+
+
+@contextlib.contextmanager
+def client_span(method: str, params: dict[str, Any] | None) -> Iterator[None]:
+    """The SDK client's CLIENT span around a request a lane sends, so that a trace looks the same whichever
+    way the request went (nothing when no spans are recorded)."""
+    if not telemetry.recording():
+        yield
+        return
+    target = (params or {}).get("name")
+    with _tracer.start_as_current_span(
+        f"MCP send {method}{f' {target}' if isinstance(target, str) else ''}",
+        kind=SpanKind.CLIENT,
+        attributes={"mcp.method.name": method},
+    ) as span:
+        try:
+            yield
+        except MCPError as exc:
+            code = str(exc.error.code)
+            span.set_attributes({"error.type": code, "rpc.response.status_code": code})
+            span.set_status(StatusCode.ERROR, exc.error.message)
+            raise
