@@ -139,6 +139,88 @@ async def test_a_cancelled_call_is_cancelled_at_the_server(
                     await anyio.sleep(0.05)
 
 
+COMBOS = [("legacy", "legacy"), (VERSION, VERSION), (VERSION, "legacy"), ("legacy", "auto")]
+
+
+async def on_elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+    return types.ElicitResult(action="accept", content={"ok": True})
+
+
+async def on_sample(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+    prompt = params.messages[0].content
+    assert isinstance(prompt, types.TextContent)
+    text = types.TextContent(type="text", text=f"verse on: {prompt.text}")
+    return types.CreateMessageResult(role="assistant", content=text, model="test-model")
+
+
+async def on_roots(context: Any) -> types.ListRootsResult:
+    return types.ListRootsResult(roots=[types.Root(uri="file:///work/project", name="project")])
+
+
+@pytest.mark.parametrize(("front", "back"), COMBOS, ids=[f"{f}-front/{b}-back" for f, b in COMBOS])
+async def test_questions_mid_call_travel_the_lane_in_every_era_combination(
+    nats_server: NatsServer, front: str, back: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handshake-era server asks on the call's own stream; the lane answers with a POST of its own."""
+    counted = Counted(monkeypatch)
+    with http_server("asker.py") as url:
+        async with federation(nats_server.url) as fed:
+            with anyio.fail_after(30):
+                while True:  # the HTTP server process may still be starting
+                    adapter = await fed.add_server("asker", BackingServer(url=url, era=back), wait=False)
+                    with anyio.move_on_after(5):
+                        await adapter.backend.wait_ready()
+                    if adapter.backend.catalog is not None:
+                        break
+            await fed.wait_for_server("asker", present=True)
+            async with Client(
+                fed.url,
+                mode=front,  # type: ignore[arg-type]
+                elicitation_callback=on_elicit,
+                sampling_callback=on_sample,
+                list_roots_callback=on_roots,
+            ) as client:
+                greet = await client.call_tool("asker_greet", {"name": "Ada"})
+                poem = await client.call_tool("asker_poem", {"topic": "NATS"})
+                roots = await client.call_tool("asker_roots", {})
+    assert greet.structured_content == {"result": "hello Ada (confirmed=True)"}
+    assert poem.structured_content == {"result": "verse on: A poem about NATS"}
+    assert roots.structured_content == {"result": ["file:///work/project"]}
+    assert counted.calls and set(counted.calls) == {"tools/call"}
+
+
+async def test_handshake_era_calls_carry_the_session_and_log_at_its_level(
+    nats_server: NatsServer, http_probe: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted = Counted(monkeypatch)
+    async with federation(nats_server.url) as fed:
+        with anyio.fail_after(30):
+            while True:
+                adapter = await fed.add_server("remote", BackingServer(url=http_probe, era="legacy"), wait=False)
+                with anyio.move_on_after(5):
+                    await adapter.backend.wait_ready()
+                if adapter.backend.catalog is not None:
+                    break
+        await fed.wait_for_server("remote", present=True)
+        assert adapter.backend.primary._http_session is not None  # the server's session id, sent by the lane
+        seen: list[str] = []
+
+        async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+            seen.append(params.level)
+
+        async with Client(fed.url, mode="legacy", logging_callback=on_log) as client:
+            await client.set_logging_level("warning")
+            result = await client.call_tool("remote_chatty", {})
+            seen.append("result")
+            through_lane = await _answers(client)
+            _lane_of(adapter).usable = False
+            through_sdk = await _answers(client)
+    assert result.structured_content == {"result": "logged"}
+    assert seen == ["warning", "error", "result"]
+    assert through_lane == through_sdk
+    assert counted.calls == ["tools/call"] * 4
+
+
 # -- the answers of a scripted server ---------------------------------------------------------
 RESULT = {"content": [{"type": "text", "text": "ok"}], "isError": False}
 
@@ -166,6 +248,27 @@ async def _resumable(request: Request) -> Response:
         RESUMED.append(request.headers.get("last-event-id", ""))
         return await _sse(f"id: e2\ndata: {_response()}\n\n")(request)
     return await _sse("id: e1\nretry: 10\ndata:\n\n")(request)
+
+
+ASKED: dict[str, Any] = {}
+
+
+async def _asking(request: Request) -> Response:
+    """Asks the client for its roots on the call's stream, and answers the call once the answer came."""
+    message = msgspec.json.decode(await request.body())
+    if "method" not in message:  # the client's answer
+        ASKED["answer"], ASKED["headers"] = message, dict(request.headers)
+        ASKED["answered"].set()
+        return Response(status_code=202)
+    ASKED["answered"] = anyio.Event()
+    ask = msgspec.json.encode({"jsonrpc": "2.0", "id": "s1", "method": "roots/list"}).decode()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield f"data: {ask}\n\n".encode()
+        await ASKED["answered"].wait()
+        yield f"data: {_response(message['id'])}\n\n".encode()
+
+    return StreamingResponse(body(), media_type="text/event-stream")
 
 
 def _json(status: int, body: Any, media_type: str = "application/json") -> Callable[[Request], Awaitable[Response]]:
@@ -210,6 +313,7 @@ async def scripted() -> AsyncIterator[str]:
         return Response(status_code=307, headers={"location": "http://127.0.0.2:9/elsewhere"})
 
     routes.append(Route("/moved", moved, methods=["POST"]))
+    routes.append(Route("/ask", _asking, methods=["POST"]))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(Starlette(routes=routes), host="127.0.0.1", port=port, log_level="warning"))
     async with anyio.create_task_group() as tg:
@@ -254,13 +358,13 @@ async def _through_lane(url: str) -> tuple[Answer, list[str]]:
     body = enveloped(VERSION, {"name": "t", "arguments": {}}, {}, "info")
     logs: list[str] = []
 
-    async def on_log(params: dict[str, Any]) -> None:
-        logs.append("notifications/message")
+    async def on_note(method: str, params: dict[str, Any]) -> None:
+        logs.append(method)
 
     lane = HttpLane(url, {})
     try:
         raw = await lane.request(
-            "tools/call", body, headers=hop_headers(VERSION, "tools/call", body, {}), timeout=10, on_log=on_log
+            "tools/call", body, headers=hop_headers(VERSION, "tools/call", body, {}), timeout=10, on_note=on_note
         )
         return ("result", msgspec.json.decode(raw)), logs
     except MCPError as exc:
@@ -293,7 +397,7 @@ async def test_a_redirect_is_left_to_the_sdk_and_turns_the_lane_off() -> None:
         body = enveloped(VERSION, {"name": "t", "arguments": {}}, {}, None)
         try:
             with pytest.raises(Redirected):
-                await lane.request("tools/call", body, headers={}, timeout=10, on_log=None)
+                await lane.request("tools/call", body, headers={}, timeout=10)
         finally:
             await lane.close()
         assert lane.usable is False
@@ -301,12 +405,49 @@ async def test_a_redirect_is_left_to_the_sdk_and_turns_the_lane_off() -> None:
         assert sdk_answer[0] == "error" and sdk_answer[1][0] == jsonrpc.INVALID_REQUEST
 
 
+async def test_a_question_on_the_stream_is_answered_with_a_post_of_the_session() -> None:
+    async def on_request(method: str, params: dict[str, Any]) -> dict[str, Any]:
+        return {"roots": [{"uri": f"file:///{method}"}]}
+
+    async with scripted() as base:
+        lane = HttpLane(f"{base}/ask", {"x-token": "t"})
+        body = enveloped(VERSION, {"name": "t", "arguments": {}}, {}, None)
+        try:
+            with anyio.fail_after(10):
+                raw = await lane.request(
+                    "tools/call",
+                    body,
+                    headers={**hop_headers(VERSION, "tools/call", body, {}), "mcp-session-id": "s-9"},
+                    timeout=10,
+                    on_request=on_request,
+                )
+        finally:
+            await lane.close()
+    assert msgspec.json.decode(raw) == RESULT
+    assert ASKED["answer"] == {"jsonrpc": "2.0", "id": "s1", "result": {"roots": [{"uri": "file:///roots/list"}]}}
+    sent = ASKED["headers"]
+    assert sent["mcp-session-id"] == "s-9" and sent["x-token"] == "t"
+    assert "mcp-method" not in sent and "mcp-name" not in sent  # an answer is no tools/call
+
+
+async def test_not_found_on_a_session_means_the_session_ended() -> None:
+    async with scripted() as base:
+        lane = HttpLane(f"{base}/not-found", {})
+        try:
+            with pytest.raises(MCPError) as caught:
+                await lane.request("tools/call", {}, headers={"mcp-session-id": "gone"}, timeout=10)
+        finally:
+            await lane.close()
+    # What the SDK's transport says for a 404 once it has a session id.
+    assert (caught.value.error.code, caught.value.error.message) == (jsonrpc.INVALID_REQUEST, "Session terminated")
+
+
 async def test_a_body_past_the_limit_is_refused() -> None:
     async with scripted() as base:
         lane = HttpLane(f"{base}/json", {}, limit=16)
         try:
             with pytest.raises(MCPError) as caught:
-                await lane.request("tools/call", {}, headers={}, timeout=10, on_log=None)
+                await lane.request("tools/call", {}, headers={}, timeout=10)
         finally:
             await lane.close()
         assert caught.value.error.code == jsonrpc.PAYLOAD_TOO_LARGE

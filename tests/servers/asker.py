@@ -2,10 +2,12 @@
 
 With a 2026-07-28 client the questions come back as input_required results;
 with a handshake-era client they are mid-call server-to-client requests.
+Run with no arguments for stdio, or `http PORT` for Streamable HTTP.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import mcp_types as types
@@ -53,4 +55,7 @@ def roots(listed: Annotated[types.ListRootsResult, Resolve(ask_roots)]) -> list[
 
 
 if __name__ == "__main__":
-    mcp.run()
+    if len(sys.argv) > 2 and sys.argv[1] == "http":  # `http PORT`: Streamable HTTP
+        mcp.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+    else:
+        mcp.run()

@@ -17,7 +17,6 @@ goes to the latest call in flight.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -39,11 +38,12 @@ from fedmcp.shared.config import BackingServer
 from mcp import Client, StdioServerParameters
 from mcp.client.session import ClientRequestContext
 from mcp.client.stdio import get_default_environment
-from mcp.client.streamable_http import streamable_http_client
+from mcp.client.streamable_http import MCP_SESSION_ID, streamable_http_client
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 stdio_lines.install()  # long lines from stdio servers in linear time (an SDK 2.3 reader is quadratic)
 
@@ -141,7 +141,9 @@ class BackingConnection:
         self._lane: RawLane | None = None
         """The current stdio child's raw lane (raw_lane.py); None for HTTP servers and between sessions."""
         self._http: HttpLane | None = None
-        """The HTTP lane (http_lane.py) of a 2026-07-28 session over HTTP; None otherwise."""
+        """The HTTP lane (http_lane.py) of a session over HTTP; None for stdio servers and between sessions."""
+        self._http_session: str | None = None
+        """The `Mcp-Session-Id` the HTTP server gave this session (handshake era), as its responses carry it."""
         self._ids = 0
         self._closing = False
         self.finished = anyio.Event()
@@ -211,7 +213,14 @@ class BackingConnection:
             env.update(cfg.env)
             return StdioServerParameters(command=cfg.command, args=cfg.args, env=env, cwd=cfg.cwd)
         assert cfg.url is not None
-        http = httpx2.AsyncClient(headers=cfg.headers, timeout=httpx2.Timeout(30.0, read=300.0))
+        self._http_session = None
+
+        async def session_of(response: httpx2.Response) -> None:  # for the HTTP lane's requests
+            self._http_session = response.headers.get(MCP_SESSION_ID) or self._http_session
+
+        http = httpx2.AsyncClient(
+            headers=cfg.headers, timeout=httpx2.Timeout(30.0, read=300.0), event_hooks={"response": [session_of]}
+        )
         stack.push_async_callback(http.aclose)
         # The SDK caps one SSE event at 1 MiB; fedmcp carries results up to its own limit.
         return streamable_http_client(cfg.url, http_client=http, max_sse_event_size=chunks.DEFAULT_LIMIT)
@@ -257,7 +266,7 @@ class BackingConnection:
                 self._lane = lanes[-1] if lanes else None
                 if self._lane is not None:
                     self._lane.on_log = self._lane_log
-                if self.config.url is not None and client.protocol_version in MODERN_PROTOCOL_VERSIONS:
+                if self.config.url is not None:
                     self._http = HttpLane(self.config.url, self.config.headers, limit=chunks.DEFAULT_LIMIT)
                     stack.push_async_callback(self._close_http, self._http)
                 self.state = "ready"
@@ -367,27 +376,15 @@ class BackingConnection:
         return call.notice("notifications/message", dumped)
 
     async def _ask_front(self, method: str, params: BaseModel) -> dict[str, Any] | types.ErrorData:
-        call = self._sole_call()
-        if call is None or call.ask is None:
-            reason = "no call in flight" if not self.in_flight else "several calls in flight on one backing session"
-            return types.ErrorData(code=jsonrpc.INTERNAL_ERROR, message=f"fedmcp cannot route {method}: {reason}")
-        try:
-            return await call.ask(method, params.model_dump(mode="json", by_alias=True, exclude_none=True))
-        except MCPError as exc:
-            return exc.error
-        except Exception as exc:  # the bus or the client failed to answer: the server gets an error, not a hang
-            log.info("server-to-client request got no answer", server=self.name, method=method, error=repr(exc))
-            return types.ErrorData(code=jsonrpc.INTERNAL_ERROR, message=f"the client did not answer {method}")
+        """A question of the server's that came outside any call's stream: for the call it belongs to."""
+        dumped = params.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return await _ask_call(self._sole_call(), method, dumped, self.name, several=len(self.in_flight) > 1)
 
     async def _on_sampling(
         self, context: ClientRequestContext, params: types.CreateMessageRequestParams
     ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
         answer = await self._ask_front("sampling/createMessage", params)
-        if isinstance(answer, types.ErrorData):
-            return answer
-        if isinstance(answer.get("content"), list):
-            return types.CreateMessageResultWithTools.model_validate(answer)
-        return types.CreateMessageResult.model_validate(answer)
+        return answer if isinstance(answer, types.ErrorData) else _sampling_result(answer)
 
     async def _on_elicitation(
         self, context: ClientRequestContext, params: types.ElicitRequestParams
@@ -438,6 +435,67 @@ class BackingConnection:
 
         return lane.submit(method, params, timeout=timeout, done=finished)
 
+    async def _http_request(
+        self,
+        http: HttpLane,
+        client: Client,
+        method: str,
+        params: dict[str, Any] | None,
+        timeout: float,
+        hooks: CallHooks,
+        capabilities: Mapping[str, Any] | None,
+        maps: HeaderMaps,
+    ) -> msgspec.Raw:
+        """One call on the HTTP lane. What the server sends on the call's stream is this call's, however
+        many are in flight: its log messages go to the call's sink, its questions to the call's client."""
+        version = client.protocol_version
+        body = _lane_params(client, params, capabilities, hooks)
+        if version in MODERN_PROTOCOL_VERSIONS:
+            assert body is not None
+            headers = hop_headers(version, method, body, maps)
+        else:
+            headers = {MCP_PROTOCOL_VERSION_HEADER: version}
+            if self._http_session is not None:
+                headers[MCP_SESSION_ID] = self._http_session
+
+        async def on_note(note_method: str, note: dict[str, Any]) -> None:
+            if note_method == "notifications/message":
+                try:
+                    validated = types.LoggingMessageNotificationParams.model_validate(note)
+                except ValidationError:
+                    return  # malformed: dropped, as the SDK's session drops it
+                await _deliver_log(hooks, validated)
+            elif note_method != "notifications/progress":  # progress: not asked for (the SDK's way is)
+                try:
+                    notification = types.server_notification_adapter.validate_python(
+                        {"method": note_method, "params": note}
+                    )
+                except ValidationError:
+                    return
+                await self._on_message(notification)
+
+        async def on_request(req_method: str, req_params: dict[str, Any]) -> dict[str, Any]:
+            """As the SDK's session answers it through the callbacks above: params and result checked."""
+            shapes = _QUESTIONS.get(req_method)
+            if shapes is None:
+                raise MCPError(code=jsonrpc.METHOD_NOT_FOUND, message="Method not found")
+            try:
+                asked = shapes[0].validate_python(req_params)
+            except ValidationError:
+                raise MCPError(code=jsonrpc.INVALID_PARAMS, message=f"Invalid {req_method} params") from None
+            dumped = asked.model_dump(mode="json", by_alias=True, exclude_none=True) if asked is not None else {}
+            answer = await _ask_call(hooks, req_method, dumped, self.name)
+            if isinstance(answer, types.ErrorData):
+                raise MCPError(code=answer.code, message=answer.message, data=answer.data)
+            try:
+                return shapes[1](answer).model_dump(mode="json", by_alias=True, exclude_none=True)
+            except ValidationError:
+                raise MCPError(code=jsonrpc.INTERNAL_ERROR, message=f"invalid answer to {req_method}") from None
+
+        return await http.request(
+            method, body, headers=headers, timeout=timeout, on_note=on_note, on_request=on_request
+        )
+
     def _dead(self, client: Client) -> None:
         """`client`'s session is gone: nobody may use it from now on, not even before the supervisor has noticed."""
         if self.client is client:
@@ -479,18 +537,8 @@ class BackingConnection:
             if lane is not None:
                 return await lane.request(method, _lane_params(client, params, capabilities, hooks), timeout=timeout)
             if http is not None and http.usable:
-                # Its log messages come on its own stream, so they are this call's, however many are in flight.
-                body = _lane_params(client, params, capabilities, hooks)
-                assert body is not None
-                on_log = functools.partial(_http_log, hooks) if hooks.sink is not None else None
                 with contextlib.suppress(Redirected):  # nothing ran: the SDK's way follows the redirect
-                    return await http.request(
-                        method,
-                        body,
-                        headers=hop_headers(client.protocol_version, method, body, maps),
-                        timeout=timeout,
-                        on_log=on_log,
-                    )
+                    return await self._http_request(http, client, method, params, timeout, hooks, capabilities, maps)
             if client.protocol_version in MODERN_PROTOCOL_VERSIONS and capabilities is not None:
                 return await send_modern(
                     client,
@@ -517,19 +565,40 @@ class BackingConnection:
             del self.in_flight[call_id]
 
 
+async def _ask_call(
+    call: CallHooks | None, method: str, params: dict[str, Any], server: str, *, several: bool = False
+) -> dict[str, Any] | types.ErrorData:
+    """Ask `call`'s front client; any failure is an error for the server, never a hang."""
+    if call is None or call.ask is None:
+        reason = "several calls in flight on one backing session" if several else "no call in flight"
+        return types.ErrorData(code=jsonrpc.INTERNAL_ERROR, message=f"fedmcp cannot route {method}: {reason}")
+    try:
+        return await call.ask(method, params)
+    except MCPError as exc:
+        return exc.error
+    except Exception as exc:  # the bus or the client failed to answer: the server gets an error, not a hang
+        log.info("server-to-client request got no answer", server=server, method=method, error=repr(exc))
+        return types.ErrorData(code=jsonrpc.INTERNAL_ERROR, message=f"the client did not answer {method}")
+
+
+def _sampling_result(answer: dict[str, Any]) -> types.CreateMessageResult | types.CreateMessageResultWithTools:
+    if isinstance(answer.get("content"), list):
+        return types.CreateMessageResultWithTools.model_validate(answer)
+    return types.CreateMessageResult.model_validate(answer)
+
+
+_QUESTIONS: dict[str, tuple[TypeAdapter[Any], Callable[[dict[str, Any]], BaseModel]]] = {
+    "sampling/createMessage": (TypeAdapter(types.CreateMessageRequestParams), _sampling_result),
+    "elicitation/create": (TypeAdapter(types.ElicitRequestParams), types.ElicitResult.model_validate),
+    "roots/list": (TypeAdapter(types.RequestParams | None), types.ListRootsResult.model_validate),
+}
+"""What a server may ask the client, as the SDK's session checks it: the params' shape, the result's."""
+
+
 async def _deliver_log(call: CallHooks | None, params: types.LoggingMessageNotificationParams) -> None:
     """A log message for `call`, if it takes log messages at that level."""
     if call is not None and call.sink is not None and jsonrpc.level_allows(call.log_level, params.level):
         await call.sink("notifications/message", params.model_dump(mode="json", by_alias=True, exclude_none=True))
-
-
-async def _http_log(call: CallHooks, params: dict[str, Any]) -> None:
-    """A log message on an HTTP lane call's own stream (dropped if malformed, as the SDK's session drops it)."""
-    try:
-        validated = types.LoggingMessageNotificationParams.model_validate(params)
-    except ValidationError:
-        return
-    await _deliver_log(call, validated)
 
 
 def _lane_params(

@@ -1,15 +1,17 @@
-"""Requests to a 2026-07-28 HTTP backing server as JSON-RPC bytes, beside the SDK's session.
+"""Requests to an HTTP backing server as JSON-RPC bytes, beside the SDK's session.
 
 What raw_lane.py does for stdio servers, for servers over Streamable HTTP. Through the SDK's client a
 call costs the adapter about 1.8 ms of CPU (its httpx2 pool probes every idle connection's socket on
 each request, and the request and response go through pydantic models); the lane POSTs the request's
 bytes with the headers the SDK would send, on an aiohttp session (about 0.2 ms per request on the
 bench machine, against 0.65 ms for httpx2 alone), and takes the result raw out of the JSON body or the
-SSE stream. Log messages on the stream go to the call's `on_log` in the order they came, ahead of
-the result.
+SSE stream. What else the server sends on the call's stream goes to the call's own callbacks, in the
+order it came, ahead of the result: its notifications to `on_note` (log messages among them: this call's,
+however many are in flight), its requests to the client (a handshake-era server's sampling, elicitation
+and roots) to `on_request`, whose answer is POSTed back on the session, as the SDK's client does.
 
-Only for stateless (2026-07-28) sessions and calls that want no progress: a handshake-era server's
-stream may carry requests to the client, which only the SDK's session can answer. Answers are mapped
+Both eras: a 2026-07-28 request stands alone; a handshake-era one carries the session's id (the caller's
+headers). Not for calls that want progress (the SDK's session reports it). Answers are mapped
 as the SDK's transport maps them (`StreamableHTTPTransport._handle_post_request`): 202 and unexpected
 content types are INVALID_REQUEST, a JSON-RPC error body at a 4xx/5xx status is that error, else 404
 is METHOD_NOT_FOUND and any other failure status INTERNAL_ERROR; a stream that ends without a
@@ -32,16 +34,21 @@ import msgspec
 import structlog
 from fedmcp.adapter.raw_lane import ID_PREFIX, Reply, client_span, reply_decoder
 from fedmcp.shared import chunks, jsonrpc, telemetry
-from mcp.client.streamable_http import DEFAULT_RECONNECTION_DELAY_MS, MAX_RECONNECTION_ATTEMPTS
+from mcp.client.streamable_http import DEFAULT_RECONNECTION_DELAY_MS, MAX_RECONNECTION_ATTEMPTS, MCP_SESSION_ID
 from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER
 
 log = structlog.get_logger("fedmcp.adapter.http_lane")
 
 _T = TypeVar("_T")
-OnLog = Callable[[dict[str, Any]], Awaitable[None]]
-"""Receives the params of a `notifications/message` the server sent on the call's stream."""
+OnNote = Callable[[str, dict[str, Any]], Awaitable[None]]
+"""Receives a notification (method, params) the server sent on the call's stream."""
+OnRequest = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+"""Answers a request (method, params) the server sent to the client on the call's stream: its result, or
+MCPError."""
 
 _encoder = msgspec.json.Encoder()
+_CALL_HEADER_PREFIXES = (MCP_METHOD_HEADER.lower(), MCP_NAME_HEADER.lower(), "mcp-param-")
 _BASE_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
 
@@ -49,11 +56,12 @@ class Redirected(Exception):
     """The server answered with a redirect: nothing ran; the request is the SDK path's to send."""
 
 
-class _Log(msgspec.Struct):
+class _Message(msgspec.Struct):
+    id: str | int | None = None
     params: dict[str, Any] = {}
 
 
-_log_decoder = msgspec.json.Decoder(_Log)
+_message_decoder = msgspec.json.Decoder(_Message)
 
 
 class HttpLane:
@@ -78,11 +86,13 @@ class HttpLane:
         *,
         headers: Mapping[str, str],
         timeout: float,
-        on_log: OnLog | None,
+        on_note: OnNote | None = None,
+        on_request: OnRequest | None = None,
     ) -> msgspec.Raw:
         """Send one request and return its raw `result`; the server's errors, a timeout (the SDK's
         REQUEST_TIMEOUT_SDK: the stream is closed, which cancels the call at the server) and a lost
-        connection (CONNECTION_CLOSED_SDK) are raised as MCPError."""
+        connection (CONNECTION_CLOSED_SDK) are raised as MCPError. `headers`: the request's own (its
+        version, method and name, or the session's id)."""
         request_id = f"{ID_PREFIX}{next(self._ids)}"
         meta: dict[str, Any] = dict((params or {}).get("_meta") or {})
         telemetry.inject(meta)
@@ -93,15 +103,16 @@ class HttpLane:
         with client_span(method, params):
             with anyio.move_on_after(timeout) as scope:
                 try:
-                    return await self._exchange(body, {**self._headers, **headers}, on_log)
+                    calls = _Callbacks(on_note, on_request)
+                    return await self._exchange(body, {**self._headers, **headers}, calls)
                 except (aiohttp.ClientError, OSError) as exc:
                     raise MCPError(code=jsonrpc.CONNECTION_CLOSED_SDK, message=f"Connection closed: {exc}") from None
             assert scope.cancelled_caught
             raise MCPError(code=jsonrpc.REQUEST_TIMEOUT_SDK, message=f"Timed out after {timeout}s")
 
-    async def _exchange(self, body: bytes, headers: dict[str, str], on_log: OnLog | None) -> msgspec.Raw:
+    async def _exchange(self, body: bytes, headers: dict[str, str], calls: _Callbacks) -> msgspec.Raw:
         response = await self._session.post(self.url, data=body, headers=headers, allow_redirects=False)
-        answered = await _finished(response, self._answer(response, on_log))
+        answered = await _finished(response, self._answer(response, headers, calls))
         last_id = retry_ms = None
         for attempt in itertools.count():
             if isinstance(answered, msgspec.Raw):
@@ -120,11 +131,11 @@ class HttpLane:
             if response.status != 200 or not _content_type(response).startswith("text/event-stream"):
                 response.close()
                 raise MCPError(code=jsonrpc.CONNECTION_CLOSED_SDK, message="SSE stream could not be resumed")
-            answered = await _finished(response, self._events(response, on_log))
+            answered = await _finished(response, self._events(response, headers, calls))
         raise AssertionError("unreachable")
 
     async def _answer(
-        self, response: aiohttp.ClientResponse, on_log: OnLog | None
+        self, response: aiohttp.ClientResponse, headers: Mapping[str, str], calls: _Callbacks
     ) -> msgspec.Raw | tuple[str | None, int | None]:
         status = response.status
         content_type = _content_type(response)
@@ -142,7 +153,9 @@ class HttpLane:
                     reply = None
                 if reply is not None and reply.error is not None:
                     raise MCPError(code=reply.error.code, message=reply.error.message, data=reply.error.data)
-            if status == 404:
+            if status == 404 and MCP_SESSION_ID in headers:
+                raise MCPError(code=jsonrpc.INVALID_REQUEST, message="Session terminated")
+            if status == 404:  # no session: the HTTP spelling of METHOD_NOT_FOUND
                 raise MCPError(code=jsonrpc.METHOD_NOT_FOUND, message="Not Found")
             raise MCPError(code=jsonrpc.INTERNAL_ERROR, message="Server returned an error response")
         if content_type.startswith("application/json"):
@@ -152,8 +165,31 @@ class HttpLane:
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise MCPError(code=jsonrpc.PARSE_ERROR, message=f"Failed to parse JSON response: {exc}") from None
         if content_type.startswith("text/event-stream"):
-            return await self._events(response, on_log)
+            return await self._events(response, headers, calls)
         raise MCPError(code=jsonrpc.INVALID_REQUEST, message=f"Unexpected content type: {content_type}")
+
+    async def _handle(self, method: str, message: _Message, headers: Mapping[str, str], calls: _Callbacks) -> None:
+        """A message of the server's on the call's stream: a notification, or a request to the client,
+        answered on the session with a POST of its own (as the SDK's client answers, 202 expected)."""
+        if message.id is None:
+            if calls.on_note is not None:
+                await calls.on_note(method, message.params)
+            return
+        if method == "ping":
+            answer = jsonrpc.encode_result(message.id, {})
+        elif calls.on_request is None:
+            answer = jsonrpc.encode_error(message.id, jsonrpc.METHOD_NOT_FOUND, "Method not found")
+        else:
+            try:
+                answer = jsonrpc.encode_result(message.id, await calls.on_request(method, message.params))
+            except MCPError as exc:
+                answer = jsonrpc.encode_error(message.id, exc.error.code, exc.error.message, exc.error.data)
+        # The session's headers, not the call's: an answer is no tools/call (as the SDK's client sends it).
+        session = {k: v for k, v in headers.items() if not k.lower().startswith(_CALL_HEADER_PREFIXES)}
+        reply = await self._session.post(self.url, data=answer, headers=session, allow_redirects=False)
+        reply.release()
+        if reply.status >= 400:
+            log.info("backing server refused the answer to its request", method=method, status=reply.status)
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytearray:
         """The whole body, refused past the limit (before reading it when its length is announced); kept
@@ -168,9 +204,9 @@ class HttpLane:
         return data
 
     async def _events(
-        self, response: aiohttp.ClientResponse, on_log: OnLog | None
+        self, response: aiohttp.ClientResponse, headers: Mapping[str, str], calls: _Callbacks
     ) -> msgspec.Raw | tuple[str | None, int | None]:
-        """The result from an SSE stream, log messages handed on before it; or, when the stream ends
+        """The result from an SSE stream, what came before it handed on; or, when the stream ends
         without one, the last event id and retry hint seen (for resuming)."""
         events = EventStream(self._limit)
         try:
@@ -186,8 +222,7 @@ class HttpLane:
                         ) from None
                     if reply.method is None:
                         return _result(reply)
-                    if reply.method == "notifications/message" and on_log is not None:
-                        await on_log(_log_decoder.decode(event.data).params)
+                    await self._handle(reply.method, _message_decoder.decode(event.data), headers, calls)
         except EventTooLarge as exc:
             raise MCPError(code=jsonrpc.CONNECTION_CLOSED_SDK, message=f"SSE stream failed: {exc}") from None
         except aiohttp.ClientPayloadError:
@@ -206,6 +241,11 @@ async def _finished(response: aiohttp.ClientResponse, answer: Awaitable[_T]) -> 
         raise
     response.release()
     return answered
+
+
+class _Callbacks(msgspec.Struct):
+    on_note: OnNote | None
+    on_request: OnRequest | None
 
 
 def _result(reply: Reply) -> msgspec.Raw:
