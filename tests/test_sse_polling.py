@@ -104,3 +104,63 @@ async def test_a_long_call_is_closed_and_resumed_with_last_event_id(
             assert result.content[0].text == "slept 1.2"  # type: ignore[union-attr]
             quick = await client.call_tool("probe_pid", {})  # shorter than the poll time: never closed
             assert not quick.is_error
+
+
+async def test_resuming_a_stream_never_replays_another_sessions_events(nats_server: NatsServer) -> None:
+    """Clients number their requests alike (1, 2, ...), so two sessions' POST streams carry the same
+    request id: a `Last-Event-ID` resume replays only its own session's stream."""
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("probe", python_server("probe_server.py"))
+        async with httpx2.AsyncClient(timeout=20) as http:
+
+            async def open_session() -> dict[str, str]:
+                init = {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-11-25",
+                        "capabilities": {},
+                        "clientInfo": {"name": "t", "version": "1"},
+                    },
+                }
+                response = await http.post(fed.url, json=init, headers=SSE)
+                session = {
+                    **SSE,
+                    "mcp-session-id": response.headers["mcp-session-id"],
+                    "mcp-protocol-version": "2025-11-25",
+                }
+                await http.post(
+                    fed.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session
+                )
+                return session
+
+            async def call(session: dict[str, str], name: str) -> list[dict[str, str]]:
+                body = {
+                    "jsonrpc": "2.0",
+                    "id": 7,
+                    "method": "tools/call",
+                    "params": {"name": "probe_env", "arguments": {"name": name}},
+                }
+                async with http.stream("POST", fed.url, json=body, headers=session) as response:
+                    return await events(response)
+
+            alice, bob = await open_session(), await open_session()
+            mine = await call(alice, "PATH")
+            theirs = await call(bob, "HOME")
+            assert results(theirs, 7)  # bob got his answer on his own stream
+            resume = {**alice, "Accept": "text/event-stream", "last-event-id": mine[0]["id"]}
+            replayed: list[dict[str, Any]] = []
+            with anyio.move_on_after(2):  # the resumed stream stays open for the call's later events
+                async with http.stream("GET", fed.url, headers=resume) as response:
+                    assert response.status_code == 200
+                    event: dict[str, str] = {}
+                    async for line in response.aiter_lines():
+                        if line:
+                            field, _, value = line.partition(":")
+                            event[field] = value.removeprefix(" ")
+                            continue
+                        if event.get("data"):
+                            replayed.append(json.loads(event["data"]))
+                        event = {}
+        assert replayed == results(mine, 7)  # alice's own answer again, and nothing of bob's

@@ -21,6 +21,7 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 from fedmcp.edge.clients import LIST_CHANGED, connection_of
+from fedmcp.edge.event_store import MemoryEventStore
 from fedmcp.edge.feed import LIST, Feed, FeedEvent
 from fedmcp.edge.session_directory import SessionDirectory
 from fedmcp.shared.frontsession import SessionRecord, event_id, feed_seq
@@ -30,6 +31,7 @@ from mcp.server.runner import serve_connection
 from mcp.server.streamable_http import (
     LAST_EVENT_ID_HEADER,
     MCP_SESSION_ID_HEADER,
+    EventStore,
     StreamableHTTPServerTransport,
     check_accept_headers,
 )
@@ -105,6 +107,18 @@ class FederatedSessionManager(StreamableHTTPSessionManager):
         if scope["method"] == "DELETE" and record is not None and session_id not in self._server_instances:
             await self._end(session_id)
 
+    def _admit_session(self, requestor: Any) -> StreamableHTTPServerTransport | None:
+        transport = super()._admit_session(requestor)
+        if transport is not None and transport.mcp_session_id is not None:
+            # The SDK gives every transport the manager's one store; each gets its session's view
+            # (event_store.py). tests/test_sse_polling.py fails if this stops taking effect.
+            transport._event_store = self._events_of(transport.mcp_session_id)
+        return transport
+
+    def _events_of(self, session_id: str) -> EventStore | None:
+        store = self.event_store
+        return store.scoped(session_id) if isinstance(store, MemoryEventStore) else store
+
     @asynccontextmanager
     async def holding(self, session_id: str) -> AsyncIterator[None]:
         """Keep this edge's copy of a session while a call of it runs with no HTTP request open (its
@@ -159,7 +173,7 @@ class FederatedSessionManager(StreamableHTTPSessionManager):
             transport = StreamableHTTPServerTransport(
                 mcp_session_id=record.id,
                 is_json_response_enabled=self.json_response,
-                event_store=self.event_store,
+                event_store=self._events_of(record.id),
                 security_settings=self.security_settings,
                 retry_interval=self.retry_interval,
                 idle_timeout=self.session_idle_timeout,
