@@ -139,7 +139,11 @@ class FastLane:
         if scope["type"] == "http" and scope["method"] == "POST":
             try:
                 plan = self._plan(scope)
-                admitted = self._admit(plan, scope) if plan is not None else None
+                admitted = (
+                    self.admit(plan.method, plan.name, scope, mirrored=plan.arguments_given)
+                    if plan is not None
+                    else None
+                )
             except Exception:  # whatever puzzles the lane is the SDK path's to answer
                 log.debug("fast lane passed on a request it could not read", exc_info=True)
                 admitted = None
@@ -228,28 +232,29 @@ class FastLane:
             )
         return known[name]
 
-    def _admit(self, plan: _Plan, scope: Scope) -> tuple[Principal, Route] | None:
-        """Who calls which tool or reads which resource, when policy lets them without a word:
-        refusals (with their audit events), consent and header checks are the SDK path's."""
+    def admit(self, method: str, name: str, scope: Scope, *, mirrored: bool) -> tuple[Principal, Route] | None:
+        """Who calls which tool (`name`) or reads which resource (URI), when policy lets them without a
+        word: refusals (with their audit events), consent and header checks are the SDK path's.
+        `mirrored`: the call has arguments a tool may mirror into `Mcp-Param-*` headers (2026-07-28)."""
         federated = self.federated
         found = scope.get(SCOPE_KEY)
         principal = found if isinstance(found, Principal) else federated.local_principal
         table = federated.view.table
-        route = table.tool_route(plan.name) if plan.method == CALL else table.route_uri(plan.name)
+        route = table.tool_route(name) if method == CALL else table.route_uri(name)
         if route is None:
             return None
         governance = federated.governance
         entry = table.servers.get(route.server)
         if entry is None or entry.settings.affinity == "session":
             return None
-        if plan.method == READ:
+        if method == READ:
             return (principal, route) if governance.visible(principal, "resource", route) else None
         policy = governance.current
         if (
             not governance.visible(principal, "tool", route)
             or (policy is not None and policy.missing_scopes(principal, "tool", route.server, route.name))
-            or governance.needs_consent(principal, route, federated.tool_hints(plan.name))
-            or (plan.arguments_given and self._mirrors_headers(plan.name))
+            or governance.needs_consent(principal, route, federated.tool_hints(name))
+            or (mirrored and self._mirrors_headers(name))
         ):
             return None
         return principal, route
@@ -337,24 +342,28 @@ class FastLane:
         """A forwarded call's result, or a read's: decoded and shaped as the SDK does, or for a large
         read the pieces of its raw JSON (`_raw_pieces`)."""
         if not isinstance(result, RawResult):
-            return self._shape(plan.version, plan.method, result)
+            return self.shape(plan.version, plan.method, result)
         if result.size > RAW_FROM:
             return self._raw_pieces(plan.method, result.fields)
         decoded = {key: msgspec.json.decode(value) for key, value in result.fields.items()}
-        return self._shape(plan.version, plan.method, finish_result(plan.version, decoded))
+        return self.shape(plan.version, plan.method, finish_result(plan.version, decoded))
 
-    def _shape(self, version: str, method: str, result: Any) -> dict[str, Any]:
-        """The result on the wire, as the SDK's runner shapes a handler's (`ServerRunner._serialize`)."""
+    def shape(self, version: str, method: str, result: Any) -> dict[str, Any]:
+        """The result on the wire, as the SDK's runner shapes a handler's (`ServerRunner._serialize`),
+        for either era (a handshake-era result is sieved whatever its `resultType`, and not stamped)."""
         dumped: dict[str, Any] = dict(result) if isinstance(result, dict) else {}
         hint = self.federated.server.cache_hints.get(method)
         if hint is not None and not sdk_methods.is_input_required(dumped):
             dumped = {"ttlMs": hint.ttl_ms, "cacheScope": hint.scope, **dumped}
+        modern = version in MODERN_PROTOCOL_VERSIONS
         result_type = dumped.get("resultType")
-        if not isinstance(result_type, str) or result_type in CORE_RESULT_TYPES:
+        if not modern or not isinstance(result_type, str) or result_type in CORE_RESULT_TYPES:
             try:
                 dumped = sdk_methods.serialize_server_result(method, version, dumped)
             except ValidationError:
                 raise MCPError(code=INTERNAL_ERROR, message="Handler returned an invalid result") from None
+        if not modern:
+            return dumped
         if dumped.get("resultType") is None:
             dumped["resultType"] = "complete"
         dumped["_meta"] = self._stamped(dumped.get("_meta"))

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import mcp_types as types
@@ -162,10 +162,55 @@ def resource_not_found(ctx: ServerRequestContext[Any, Any], uri: str) -> MCPErro
     return MCPError(code=code, message=f"Resource not found: {uri}", data={"uri": uri})
 
 
+class BackChannel(Protocol):
+    """How a call reaches its handshake-era client while it runs: request-scoped notifications
+    (progress, log messages) and server-to-client requests, on the call's own stream."""
+
+    async def notify(self, method: str, params: dict[str, Any]) -> None: ...
+
+    async def ask(self, method: str, params: dict[str, Any]) -> Any:
+        """The client's result; MCPError for its error."""
+        ...
+
+
+class SdkChannel:
+    """The back channel of a request served by the SDK: its session, its POST stream."""
+
+    def __init__(self, ctx: ServerRequestContext[Any, Any]) -> None:
+        self.ctx = ctx
+
+    async def notify(self, method: str, params: dict[str, Any]) -> None:
+        session = self.ctx.session
+        if method == "notifications/progress":
+            await session.report_progress(params.get("progress", 0), params.get("total"), params.get("message"))
+        elif method == "notifications/message":
+            await session.send_log_message(
+                params.get("level", "info"),
+                params.get("data"),
+                params.get("logger"),
+                related_request_id=self.ctx.request_id,
+            )
+
+    async def ask(self, method: str, params: dict[str, Any]) -> Any:
+        request = server_request(method, params)
+        result = await self.ctx.session.send_request(
+            request, jsonrpc.RawResult, metadata=ServerMessageMetadata(related_request_id=self.ctx.request_id)
+        )
+        return result.root
+
+
+def server_request(method: str, params: dict[str, Any]) -> Any:
+    """A server-to-client request as the SDK's model (INVALID_PARAMS when it is not one)."""
+    try:
+        return types.server_request_adapter.validate_python({"method": method, "params": params})
+    except ValidationError:
+        raise MCPError(code=jsonrpc.INVALID_PARAMS, message=f"malformed {method} request") from None
+
+
 @dataclass
 class Front:
     """One front request as forwarding needs it: built from the SDK's request context (`ctx`), or
-    by the fast lane (fastlane.py) straight from a 2026-07-28 HTTP request, which has no back channel."""
+    by a lane (fastlane.py, session_lane.py) straight from the HTTP request."""
 
     version: str
     principal: Principal
@@ -173,7 +218,9 @@ class Front:
     """What the client declared, for the backing hop (`client_capabilities`)."""
     log_level: str | None = None
     ctx: ServerRequestContext[Any, Any] | None = None
-    """The SDK's context: the back channel for progress, log messages and handshake-era asks."""
+    """The SDK's context (SEP-1699 polling, pinned sessions), when the SDK serves the request."""
+    channel: BackChannel | None = None
+    """The handshake-era client's back channel; None for 2026-07-28 clients, which have none."""
 
     @property
     def modern(self) -> bool:
@@ -367,7 +414,14 @@ class FederatedServer:
         return {}
 
     def _front(self, ctx: ServerRequestContext[Any, Any]) -> Front:
-        return Front(ctx.protocol_version, self.principal(ctx), client_capabilities(ctx), self._log_level(ctx), ctx)
+        return Front(
+            ctx.protocol_version,
+            self.principal(ctx),
+            client_capabilities(ctx),
+            self._log_level(ctx),
+            ctx,
+            SdkChannel(ctx),
+        )
 
     async def _forward(
         self,
@@ -433,29 +487,19 @@ class FederatedServer:
         self, front: Front, server: str, method: str, params: Params, idempotent: bool, raw: bool = False
     ) -> Any:
         ctx = front.ctx
+        channel = front.channel
         modern = front.modern
         caller = front.principal
         principal = caller.id
-
-        async def on_notify(note_method: str, note: dict[str, Any]) -> None:
-            # Request-scoped: only ever to the client whose request produced it.
-            assert ctx is not None
-            session = ctx.session
-            if note_method == "notifications/progress":
-                await session.report_progress(note.get("progress", 0), note.get("total"), note.get("message"))
-            elif note_method == "notifications/message":
-                await session.send_log_message(
-                    note.get("level", "info"), note.get("data"), note.get("logger"), related_request_id=ctx.request_id
-                )
 
         async def on_request(
             req_method: str, req_params: dict[str, Any], answer_to: str, req_id: jsonrpc.RequestId | None
         ) -> Any:
             """A handshake-era backing server asks the client something mid-call."""
             if not modern:
-                assert ctx is not None
+                assert channel is not None
                 try:
-                    answer = await self._ask_client(ctx, req_method, req_params)
+                    answer = await channel.ask(req_method, req_params)
                 except MCPError as exc:
                     err = exc.error
                     self.upstream.answer(answer_to, jsonrpc.encode_error(req_id, err.code, err.message, err.data))
@@ -482,7 +526,7 @@ class FederatedServer:
             idempotent=idempotent,
             front_version=front.version,
             log_level=front.log_level,
-            on_notify=on_notify if ctx is not None else None,
+            on_notify=channel.notify if channel is not None else None,
             on_request=on_request,
             capabilities=front.capabilities,
             identity=self.governance.assertion(caller, server),
@@ -508,7 +552,7 @@ class FederatedServer:
                     server,
                     state.answer_to,
                     jsonrpc.encode_result(None, answer),
-                    on_notify=on_notify,
+                    on_notify=channel.notify if channel is not None else None,
                     on_request=on_request,
                 )
             else:
@@ -525,9 +569,9 @@ class FederatedServer:
             # A 2026-07-28 backing server asks through its result; a handshake-era client is
             # asked with real requests, and the backing call is retried with the answers.
             rounds += 1
-            assert ctx is not None
+            assert channel is not None
             responses = {
-                key: await self._ask_client(ctx, req.get("method", ""), req.get("params") or {})
+                key: await channel.ask(req.get("method", ""), req.get("params") or {})
                 for key, req in (result.get("inputRequests") or {}).items()
             }
             params = {k: v for k, v in params.items() if k not in ("requestState", "inputResponses")}
@@ -540,17 +584,6 @@ class FederatedServer:
                 server=server, principal=principal, backend_state=result.get("requestState")
             )
         return finish_result(front.version, result)
-
-    async def _ask_client(self, ctx: ServerRequestContext[Any, Any], method: str, params: dict[str, Any]) -> Any:
-        """Send a server-to-client request to a handshake-era client, on its request's stream."""
-        try:
-            request = types.server_request_adapter.validate_python({"method": method, "params": params})
-        except ValidationError:
-            raise MCPError(code=jsonrpc.INVALID_PARAMS, message=f"malformed {method} request") from None
-        result = await ctx.session.send_request(
-            request, jsonrpc.RawResult, metadata=ServerMessageMetadata(related_request_id=ctx.request_id)
-        )
-        return result.root
 
     async def call_tool(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
         await self._remember(ctx)
@@ -592,7 +625,7 @@ class FederatedServer:
         governance = self.governance
         if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
             caps = client_capabilities(ctx)
-            await governance.obtain_consent(principal, route, caps, lambda method, p: self._ask_client(ctx, method, p))
+            await governance.obtain_consent(principal, route, caps, SdkChannel(ctx).ask)
             return None
         token = params.get("requestState")
         if isinstance(token, str) and token.startswith(SEALED_PREFIX):
