@@ -116,23 +116,103 @@ class _Plan(msgspec.Struct):
     params: dict[str, Any]
 
 
-def _accepts(value: str) -> bool:
+def accepts(value: str) -> bool:
     """JSON and SSE both acceptable, as the SDK's SSE-mode endpoint requires (wildcards: SDK path)."""
     types = [part.split(";")[0].strip().lower() for part in value.split(",")]
     return "application/json" in types and "text/event-stream" in types
 
 
-class FastLane:
-    def __init__(self, app: ASGIApp, *, path: str, federated: FederatedServer) -> None:
-        self.app = app
-        self.path = path
+class LaneRules:
+    """What the lanes (this one, session_lane.py) decide as the SDK's path would: which calls policy lets
+    through without a word, and how a result is shaped on the wire."""
+
+    def __init__(self, federated: FederatedServer) -> None:
         self.federated = federated
-        self._watchers: TaskGroup | None = None
-        self._valid_envelopes: set[bytes] = set()
         self._server_info: dict[str, Any] | None = None
         self._mirroring: tuple[object, dict[str, bool]] = (None, {})
         """The routing table it was worked out for, and per tool name whether its inputSchema mirrors
         arguments into Mcp-Param-* headers (worked out again for each new table)."""
+
+    def admit(self, method: str, name: str, scope: Scope, *, mirrored: bool) -> tuple[Principal, Route] | None:
+        """Who calls which tool (`name`) or reads which resource (URI), when policy lets them without a
+        word: refusals (with their audit events), consent and header checks are the SDK path's.
+        `mirrored`: the call has arguments a tool may mirror into `Mcp-Param-*` headers (2026-07-28)."""
+        federated = self.federated
+        found = scope.get(SCOPE_KEY)
+        principal = found if isinstance(found, Principal) else federated.local_principal
+        table = federated.view.table
+        route = table.tool_route(name) if method == CALL else table.route_uri(name)
+        if route is None:
+            return None
+        governance = federated.governance
+        entry = table.servers.get(route.server)
+        if entry is None or entry.settings.affinity == "session":
+            return None
+        if method == READ:
+            return (principal, route) if governance.visible(principal, "resource", route) else None
+        policy = governance.current
+        if (
+            not governance.visible(principal, "tool", route)
+            or (policy is not None and policy.missing_scopes(principal, "tool", route.server, route.name))
+            or governance.needs_consent(principal, route, federated.tool_hints(name))
+            or (mirrored and self._mirrors_headers(name))
+        ):
+            return None
+        return principal, route
+
+    def _mirrors_headers(self, name: str) -> bool:
+        """Whether the tool declares arguments mirrored into headers (then the SDK checks them)."""
+        table = self.federated.view.table
+        if self._mirroring[0] is not table:
+            self._mirroring = (table, {})
+        known = self._mirroring[1]
+        if name not in known:
+            schema = (table.tool_by_name.get(name) or {}).get("inputSchema")
+            known[name] = isinstance(schema, dict) and (
+                find_invalid_x_mcp_header(schema) is not None or bool(x_mcp_header_map(schema))
+            )
+        return known[name]
+
+    def shape(self, version: str, method: str, result: Any) -> dict[str, Any]:
+        """The result on the wire, as the SDK's runner shapes a handler's (`ServerRunner._serialize`),
+        for either era (a handshake-era result is sieved whatever its `resultType`, and not stamped)."""
+        dumped: dict[str, Any] = dict(result) if isinstance(result, dict) else {}
+        hint = self.federated.server.cache_hints.get(method)
+        if hint is not None and not sdk_methods.is_input_required(dumped):
+            dumped = {"ttlMs": hint.ttl_ms, "cacheScope": hint.scope, **dumped}
+        modern = version in MODERN_PROTOCOL_VERSIONS
+        result_type = dumped.get("resultType")
+        if not modern or not isinstance(result_type, str) or result_type in CORE_RESULT_TYPES:
+            try:
+                dumped = sdk_methods.serialize_server_result(method, version, dumped)
+            except ValidationError:
+                raise MCPError(code=INTERNAL_ERROR, message="Handler returned an invalid result") from None
+        if not modern:
+            return dumped
+        if dumped.get("resultType") is None:
+            dumped["resultType"] = "complete"
+        dumped["_meta"] = self.stamped(dumped.get("_meta"))
+        return dumped
+
+    def stamped(self, meta: Any) -> Any:
+        """A result's `_meta` with this edge's `serverInfo` (a server-set one, or a non-object, is kept)."""
+        if meta is None or (isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None):
+            if self._server_info is None:
+                # The SDK's property deep-copies on every access so callers may mutate it; the lane only
+                # encodes what it stamps, so one copy serves every answer.
+                self._server_info = self.federated.server.server_info_stamp
+            return {**(meta or {}), SERVER_INFO_META_KEY: self._server_info}
+        return meta
+
+
+class FastLane:
+    def __init__(self, app: ASGIApp, *, path: str, federated: FederatedServer, rules: LaneRules) -> None:
+        self.app = app
+        self.path = path
+        self.federated = federated
+        self.rules = rules
+        self._watchers: TaskGroup | None = None
+        self._valid_envelopes: set[bytes] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         plan = admitted = None
@@ -140,7 +220,7 @@ class FastLane:
             try:
                 plan = self._plan(scope)
                 admitted = (
-                    self.admit(plan.method, plan.name, scope, mirrored=plan.arguments_given)
+                    self.rules.admit(plan.method, plan.name, scope, mirrored=plan.arguments_given)
                     if plan is not None
                     else None
                 )
@@ -178,7 +258,7 @@ class FastLane:
                 name_header = value.decode("latin-1")
             elif key == SESSION_HEADER or key.startswith(b"mcp-param-"):
                 return None
-        if version not in MODERN_PROTOCOL_VERSIONS or method != wanted or accept is None or not _accepts(accept):
+        if version not in MODERN_PROTOCOL_VERSIONS or method != wanted or accept is None or not accepts(accept):
             return None
         if content_type is None or not content_type.lower().startswith("application/json"):
             return None
@@ -218,46 +298,6 @@ class FastLane:
         if len(self._valid_envelopes) >= 1024:
             self._valid_envelopes.clear()
         self._valid_envelopes.add(envelope)
-
-    def _mirrors_headers(self, name: str) -> bool:
-        """Whether the tool declares arguments mirrored into headers (then the SDK checks them)."""
-        table = self.federated.view.table
-        if self._mirroring[0] is not table:
-            self._mirroring = (table, {})
-        known = self._mirroring[1]
-        if name not in known:
-            schema = (table.tool_by_name.get(name) or {}).get("inputSchema")
-            known[name] = isinstance(schema, dict) and (
-                find_invalid_x_mcp_header(schema) is not None or bool(x_mcp_header_map(schema))
-            )
-        return known[name]
-
-    def admit(self, method: str, name: str, scope: Scope, *, mirrored: bool) -> tuple[Principal, Route] | None:
-        """Who calls which tool (`name`) or reads which resource (URI), when policy lets them without a
-        word: refusals (with their audit events), consent and header checks are the SDK path's.
-        `mirrored`: the call has arguments a tool may mirror into `Mcp-Param-*` headers (2026-07-28)."""
-        federated = self.federated
-        found = scope.get(SCOPE_KEY)
-        principal = found if isinstance(found, Principal) else federated.local_principal
-        table = federated.view.table
-        route = table.tool_route(name) if method == CALL else table.route_uri(name)
-        if route is None:
-            return None
-        governance = federated.governance
-        entry = table.servers.get(route.server)
-        if entry is None or entry.settings.affinity == "session":
-            return None
-        if method == READ:
-            return (principal, route) if governance.visible(principal, "resource", route) else None
-        policy = governance.current
-        if (
-            not governance.visible(principal, "tool", route)
-            or (policy is not None and policy.missing_scopes(principal, "tool", route.server, route.name))
-            or governance.needs_consent(principal, route, federated.tool_hints(name))
-            or (mirrored and self._mirrors_headers(name))
-        ):
-            return None
-        return principal, route
 
     # -- serving ------------------------------------------------------------------------------
     async def _serve(
@@ -342,49 +382,18 @@ class FastLane:
         """A forwarded call's result, or a read's: decoded and shaped as the SDK does, or for a large
         read the pieces of its raw JSON (`_raw_pieces`)."""
         if not isinstance(result, RawResult):
-            return self.shape(plan.version, plan.method, result)
+            return self.rules.shape(plan.version, plan.method, result)
         if result.size > RAW_FROM:
             return self._raw_pieces(plan.method, result.fields)
         decoded = {key: msgspec.json.decode(value) for key, value in result.fields.items()}
-        return self.shape(plan.version, plan.method, finish_result(plan.version, decoded))
-
-    def shape(self, version: str, method: str, result: Any) -> dict[str, Any]:
-        """The result on the wire, as the SDK's runner shapes a handler's (`ServerRunner._serialize`),
-        for either era (a handshake-era result is sieved whatever its `resultType`, and not stamped)."""
-        dumped: dict[str, Any] = dict(result) if isinstance(result, dict) else {}
-        hint = self.federated.server.cache_hints.get(method)
-        if hint is not None and not sdk_methods.is_input_required(dumped):
-            dumped = {"ttlMs": hint.ttl_ms, "cacheScope": hint.scope, **dumped}
-        modern = version in MODERN_PROTOCOL_VERSIONS
-        result_type = dumped.get("resultType")
-        if not modern or not isinstance(result_type, str) or result_type in CORE_RESULT_TYPES:
-            try:
-                dumped = sdk_methods.serialize_server_result(method, version, dumped)
-            except ValidationError:
-                raise MCPError(code=INTERNAL_ERROR, message="Handler returned an invalid result") from None
-        if not modern:
-            return dumped
-        if dumped.get("resultType") is None:
-            dumped["resultType"] = "complete"
-        dumped["_meta"] = self._stamped(dumped.get("_meta"))
-        return dumped
-
-    def _stamped(self, meta: Any) -> Any:
-        """A result's `_meta` with this edge's `serverInfo` (a server-set one, or a non-object, is kept)."""
-        if meta is None or (isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None):
-            if self._server_info is None:
-                # The SDK's property deep-copies on every access so callers may mutate it; the lane only
-                # encodes what it stamps, so one copy serves every answer.
-                self._server_info = self.federated.server.server_info_stamp
-            return {**(meta or {}), SERVER_INFO_META_KEY: self._server_info}
-        return meta
+        return self.rules.shape(plan.version, plan.method, finish_result(plan.version, decoded))
 
     def _raw_pieces(self, method: str, fields: dict[str, msgspec.Raw]) -> list[Buffer]:
         """A large result as the server sent it, plus what the SDK path adds (cache hints, `resultType`,
         this edge's `serverInfo` instead of the server's own envelope keys): JSON in pieces, the
         members' values as views into the bus message."""
         meta_raw = fields.get("_meta")
-        meta = self._stamped(strip_reserved(msgspec.json.decode(meta_raw)) if meta_raw is not None else None)
+        meta = self.rules.stamped(strip_reserved(msgspec.json.decode(meta_raw)) if meta_raw is not None else None)
         added: dict[str, Any] = {"resultType": "complete"}  # the lane serves 2026-07-28 clients only
         hint = self.federated.server.cache_hints.get(method)
         if hint is not None:

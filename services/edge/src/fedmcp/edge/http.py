@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from functools import partial
 from ssl import SSLContext
 
@@ -13,10 +13,11 @@ from fedmcp.edge.auth import LOOPBACK, Authenticator, AuthGate, principal_of, re
 from fedmcp.edge.consent_page import consent_routes
 from fedmcp.edge.consent_page import link as consent_link
 from fedmcp.edge.event_store import MemoryEventStore
-from fedmcp.edge.fastlane import FastLane
+from fedmcp.edge.fastlane import FastLane, LaneRules
 from fedmcp.edge.guard import JsonRpcGuard, RequestGuard, sdk_security, transport_security
 from fedmcp.edge.legacy_sse import MESSAGES_PATH, SSE_PATH, legacy_sse_routes
 from fedmcp.edge.runtime import Edge
+from fedmcp.edge.session_lane import SessionLane
 from fedmcp.edge.sessions import FederatedSessionManager
 from fedmcp.edge.tracecontext import TraceContext
 from fedmcp.shared import chunks
@@ -62,6 +63,7 @@ def build_app(
     checks = transport_security(host, allowed_hosts, allowed_origins)
     security = sdk_security(checks)
     federated = edge.federated
+    events = MemoryEventStore()
     sessions = FederatedSessionManager(
         federated.server,
         directory=edge.directory,
@@ -70,7 +72,7 @@ def build_app(
         closed=federated.session_closed,
         security_settings=security,
         max_request_body_size=max_body_bytes,
-        event_store=MemoryEventStore(),
+        event_store=events,
         retry_interval=RETRY_MS,
         session_idle_timeout=LOCAL_IDLE,
     )
@@ -91,8 +93,14 @@ def build_app(
         governance.consent_page = partial(consent_link, edge.federated, public_url)
     # The checks wrap the Starlette app rather than sit inside it, so the fast lane's calls pass
     # through nothing else (an exception in them is uvicorn's plain 500, never a traceback).
-    fast = FastLane(app, path=path, federated=federated)  # innermost: behind every check
-    app.router.lifespan_context = lambda app: _both(sessions.run(), fast.running())
+    # The lanes sit innermost, behind every check: the fast lane takes plain 2026-07-28 calls and hands
+    # session requests on to the session lane, which takes plain handshake-era calls.
+    rules = LaneRules(federated)
+    session_lane = SessionLane(
+        app, path=path, federated=federated, rules=rules, directory=edge.directory, events=events, retry_ms=RETRY_MS
+    )
+    fast = FastLane(session_lane, path=path, federated=federated, rules=rules)
+    app.router.lifespan_context = lambda app: _all(sessions.run(), fast.running(), session_lane.running())
     gate = AuthGate(
         fast,
         authenticator=authenticator,
@@ -133,10 +141,10 @@ async def serve_http(
 
 
 @asynccontextmanager
-async def _both(
-    first: AbstractAsyncContextManager[None], second: AbstractAsyncContextManager[None]
-) -> AsyncIterator[None]:
-    async with first, second:
+async def _all(*contexts: AbstractAsyncContextManager[None]) -> AsyncIterator[None]:
+    async with AsyncExitStack() as stack:
+        for context in contexts:
+            await stack.enter_async_context(context)
         yield
 
 

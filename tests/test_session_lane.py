@@ -1,0 +1,212 @@
+"""The edge's session lane (session_lane.py): plain handshake-era tools/call served from the session's
+record, answered as the SDK's path answers them: on the wire, in the event store, in what follows."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+import pytest
+from conftest import federation, probe_saw_cancel, python_server
+from fedmcp.edge.session_lane import SessionLane, _Channel
+from fedmcp.shared.natsserver import NatsServer
+from mcp import Client
+
+pytestmark = pytest.mark.anyio
+
+SSE = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+class Spy:
+    """Counts the calls the lane serves and the questions it asks (the real methods run)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.served = 0
+        self.asked: list[str] = []
+        serve, ask = SessionLane._serve, _Channel.ask
+
+        async def counted_serve(lane: SessionLane, *args: Any) -> None:
+            self.served += 1
+            await serve(lane, *args)
+
+        async def counted_ask(channel: _Channel, method: str, params: dict[str, Any]) -> Any:
+            self.asked.append(method)
+            return await ask(channel, method, params)
+
+        monkeypatch.setattr(SessionLane, "_serve", counted_serve)
+        monkeypatch.setattr(_Channel, "ask", counted_ask)
+
+
+def sdk_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(SessionLane, "_plan", lambda lane, message: None)
+
+
+@asynccontextmanager
+async def raw_session(http: httpx2.AsyncClient, url: str) -> AsyncIterator[dict[str, str]]:
+    """A handshake-era session opened by hand: its headers."""
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    response = await http.post(url, json=init, headers=SSE)
+    session = {**SSE, "mcp-session-id": response.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session)
+    yield session
+
+
+def _call(request_id: int, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments},
+    }
+
+
+async def _wire(http: httpx2.AsyncClient, url: str, session: dict[str, str]) -> list[tuple[int, dict[str, str], str]]:
+    """Status, headers that matter and body (event ids as N) of a few calls."""
+    answers = []
+    for request_id, name, arguments in [(5, "probe_pid", {}), (6, "probe_fail", {"reason": "no"})]:
+        response = await http.post(url, json=_call(request_id, name, arguments), headers=session)
+        kept = {k: v for k, v in response.headers.items() if k not in ("date", "content-length")}
+        answers.append((response.status_code, kept, re.sub(r"id: \d+", "id: N", response.text)))
+    return answers
+
+
+async def test_plain_calls_take_the_lane_and_answer_as_the_sdk_path_on_the_wire(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = Spy(monkeypatch)
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("probe", python_server("probe_server.py"))
+        async with httpx2.AsyncClient(timeout=20) as http, raw_session(http, fed.url) as session:
+            through_lane = await _wire(http, fed.url, session)
+            assert spy.served == 2
+            with monkeypatch.context() as patch:
+                sdk_only(patch)
+                through_sdk = await _wire(http, fed.url, session)
+            assert spy.served == 2
+    assert through_lane == through_sdk  # headers, priming event, result and tool error alike
+    assert "retry: 1000" in through_lane[0][2]  # the priming event, with the edge's retry hint
+
+
+async def test_log_messages_follow_the_sessions_level_ahead_of_the_result(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = Spy(monkeypatch)
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("probe", python_server("probe_server.py"))
+        seen: list[str] = []
+
+        async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+            seen.append(params.level)
+
+        async with Client(fed.url, mode="legacy", logging_callback=on_log) as client:
+            await client.set_logging_level("warning")
+            result = await client.call_tool("probe_chatty", {})
+            seen.append("result")
+    assert result.structured_content == {"result": "logged"}
+    assert seen == ["warning", "error", "result"]
+    assert spy.served == 1
+
+
+async def on_elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+    return types.ElicitResult(action="accept", content={"ok": True})
+
+
+async def on_sample(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+    prompt = params.messages[0].content
+    assert isinstance(prompt, types.TextContent)
+    text = types.TextContent(type="text", text=f"verse on: {prompt.text}")
+    return types.CreateMessageResult(role="assistant", content=text, model="test-model")
+
+
+async def on_roots(context: Any) -> types.ListRootsResult:
+    return types.ListRootsResult(roots=[types.Root(uri="file:///work/project", name="project")])
+
+
+@pytest.mark.parametrize("back", ["legacy", "auto"])
+async def test_the_servers_questions_are_asked_on_the_calls_stream(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch, back: str
+) -> None:
+    """legacy back: mid-call requests; auto (2026-07-28) back: input_required, asked by the edge."""
+    spy = Spy(monkeypatch)
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("asker", python_server("asker.py", era=back))
+        async with Client(
+            fed.url,
+            mode="legacy",
+            elicitation_callback=on_elicit,
+            sampling_callback=on_sample,
+            list_roots_callback=on_roots,
+        ) as client:
+            greet = await client.call_tool("asker_greet", {"name": "Ada"})
+            poem = await client.call_tool("asker_poem", {"topic": "NATS"})
+            roots = await client.call_tool("asker_roots", {})
+    assert greet.structured_content == {"result": "hello Ada (confirmed=True)"}
+    assert poem.structured_content == {"result": "verse on: A poem about NATS"}
+    assert roots.structured_content == {"result": ["file:///work/project"]}
+    assert spy.served == 3
+    assert spy.asked == ["elicitation/create", "sampling/createMessage", "roots/list"]
+
+
+async def test_a_cancelled_call_is_cancelled_at_the_server(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = Spy(monkeypatch)
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("probe", python_server("probe_server.py"))
+        async with Client(fed.url, mode="legacy") as client:
+            with anyio.move_on_after(1.0):  # the SDK client sends notifications/cancelled
+                await client.call_tool("probe_sleep", {"seconds": 30})
+            assert spy.served == 1
+            await probe_saw_cancel(client, 30)
+
+
+async def test_a_client_that_goes_away_resumes_the_call_with_last_event_id(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Going away is no cancel in the handshake era: the call runs on and its answer is replayed."""
+    spy = Spy(monkeypatch)
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("probe", python_server("probe_server.py"))
+        async with httpx2.AsyncClient(timeout=20) as http, raw_session(http, fed.url) as session:
+            async with http.stream(
+                "POST", fed.url, json=_call(9, "probe_sleep", {"seconds": 1.5}), headers=session
+            ) as r:
+                lines = r.aiter_lines()
+                first = await anext(lines)  # the priming event's id (sent once the call runs a while)
+            assert first.startswith("id: ")
+            resume = {**session, "Accept": "text/event-stream", "last-event-id": first.removeprefix("id: ")}
+            replayed: list[dict[str, Any]] = []
+            with anyio.fail_after(10):
+                async with http.stream("GET", fed.url, headers=resume) as response:
+                    assert response.status_code == 200
+                    async for line in response.aiter_lines():
+                        if line.startswith("data: ") and line != "data: ":
+                            replayed.append(json.loads(line.removeprefix("data: ")))
+                            break
+    assert spy.served == 1
+    assert replayed[0]["id"] == 9 and replayed[0]["result"]["content"][0]["text"] == "slept 1.5"
+
+
+async def test_requests_the_lane_does_not_take_get_the_sdks_answer(nats_server: NatsServer) -> None:
+    """Another principal's session, a stale version header, progress: the SDK's path answers."""
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("probe", python_server("probe_server.py"))
+        async with httpx2.AsyncClient(timeout=20) as http, raw_session(http, fed.url) as session:
+            stale = {**session, "mcp-protocol-version": "2025-06-18"}
+            response = await http.post(fed.url, json=_call(3, "probe_pid", {}), headers=stale)
+            assert response.status_code in (200, 400)  # the SDK's path decides, as before the lane
+            progress = _call(4, "probe_count", {"steps": 2})
+            progress["params"]["_meta"] = {"progressToken": "p1"}
+            response = await http.post(fed.url, json=progress, headers=session)
+            assert response.text.count("notifications/progress") == 2
