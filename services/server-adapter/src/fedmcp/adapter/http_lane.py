@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import anyio
+import httpcore2
 import msgspec
 import structlog
 from fedmcp.adapter.raw_lane import ID_PREFIX, Reply, client_span, reply_decoder
@@ -74,7 +75,11 @@ class HttpLane:
         """False once the server redirected, or when the environment sends this URL through a proxy
         (which httpx2 honours, and aiohttp only with a netrc lookup in a thread per request): every
         request then goes the SDK's way."""
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=30.0))
+        # TLS trusted as the SDK's client trusts it (SSL_CERT_FILE/DIR, else the system's store; truststore on macOS).
+        connector = aiohttp.TCPConnector(ssl=httpcore2.default_ssl_context())
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=30.0)
+        )
 
     async def close(self) -> None:
         await self._session.close()
