@@ -12,10 +12,12 @@ from typing import Any
 import anyio
 import httpx2
 import mcp_types as types
+import nats
 import pytest
 from conftest import federation, probe_saw_cancel, python_server
 from fedmcp.edge.session_lane import SessionLane, _Channel
 from fedmcp.shared.natsserver import NatsServer
+from fedmcp.shared.subjects import Subjects
 from mcp import Client
 
 pytestmark = pytest.mark.anyio
@@ -210,3 +212,29 @@ async def test_requests_the_lane_does_not_take_get_the_sdks_answer(nats_server: 
             progress["params"]["_meta"] = {"progressToken": "p1"}
             response = await http.post(fed.url, json=progress, headers=session)
             assert response.text.count("notifications/progress") == 2
+
+
+@pytest.mark.parametrize("lane", [True, False], ids=["lane", "sdk"])
+async def test_the_clients_trace_context_travels_on_when_the_edge_records_no_spans(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch, lane: bool
+) -> None:
+    if not lane:
+        sdk_only(monkeypatch)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("probe", python_server("probe_server.py"))
+        nc = await nats.connect(nats_server.url)
+        try:
+            seen: list[str] = []
+            sub = await nc.subscribe(Subjects().rpc("probe"))  # beside the adapters' queue group: a copy
+            async with httpx2.AsyncClient(timeout=20) as http, raw_session(http, fed.url) as session:
+                call = _call(3, "probe_pid", {})
+                call["params"]["_meta"] = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+                response = await http.post(fed.url, json=call, headers=session)
+                assert '"result"' in response.text
+            with anyio.fail_after(5):
+                message = await sub.next_msg()
+            seen.append((message.headers or {}).get("traceparent", ""))
+        finally:
+            await nc.close()
+    assert trace_id in seen[0]

@@ -424,10 +424,18 @@ def _server_span(name: str, attributes: dict[str, Any], meta: dict[str, Any]) ->
         ) as span:
             yield span
         return
-    parent = extract_trace_context(meta) if headers.TRACEPARENT in meta else None
+    with trace_parent(meta):
+        yield trace.INVALID_SPAN
+
+
+@contextmanager
+def trace_parent(meta: dict[str, Any] | None) -> Iterator[None]:
+    """The client's trace context from `_meta` made current, so that it travels on to the backing
+    server when this edge records no spans of its own."""
+    parent = extract_trace_context(meta) if meta and headers.TRACEPARENT in meta else None
     token = otel_context.attach(parent) if parent is not None else None
     try:
-        yield trace.INVALID_SPAN
+        yield
     finally:
         if token is not None:
             otel_context.detach(token)

@@ -41,7 +41,7 @@ from anyio.abc import TaskGroup
 from fedmcp.edge.auth import SCOPE_KEY
 from fedmcp.edge.clients import DEFAULT_LEVEL
 from fedmcp.edge.event_store import MemoryEventStore
-from fedmcp.edge.fastlane import CALL, SESSION_HEADER, LaneRules, accepts
+from fedmcp.edge.fastlane import CALL, SESSION_HEADER, LaneRules, accepts, trace_parent
 from fedmcp.edge.guard import MESSAGE_KEY
 from fedmcp.edge.server import FederatedServer, Front, forward_params_of, server_request
 from fedmcp.edge.session_directory import SessionDirectory
@@ -52,6 +52,7 @@ from mcp.server.streamable_http import EventStore
 from mcp.shared.exceptions import MCPError
 from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = structlog.get_logger("fedmcp.edge.session_lane")
@@ -172,6 +173,7 @@ class SessionLane:
         self.retry_ms = retry_ms
         self._calls: dict[tuple[str, str | int], _Call] = {}
         self._ask_ids = itertools.count(1)
+        self._caps: dict[str, tuple[SessionRecord, dict[str, Any]]] = {}
         self._watchers: TaskGroup | None = None
         directory.on_removed(self._session_ended)
 
@@ -222,6 +224,22 @@ class SessionLane:
             return None
         return functools.partial(self._serve, record, principal, admitted[1], plan)
 
+    def _capabilities(self, record: SessionRecord) -> dict[str, Any]:
+        """The client's capabilities as the SDK's session holds them (its model's dump, as
+        `server.client_capabilities` gives them the SDK's path), worked out once per record."""
+        known = self._caps.get(record.id)
+        if known is None or known[0] is not record:
+            declared = record.client.get("capabilities")
+            try:
+                caps = types.ClientCapabilities.model_validate(declared if isinstance(declared, dict) else {})
+                dumped = caps.model_dump(mode="json", by_alias=True, exclude_none=True)
+            except ValidationError:
+                dumped = {}
+            if len(self._caps) >= 4096:
+                self._caps.clear()
+            known = self._caps[record.id] = (record, dumped)
+        return known[1]
+
     def _plan(self, message: dict[str, Any]) -> tuple[str | int, str, dict[str, Any]] | None:
         request_id, params = message.get("id"), message.get("params")
         if message["method"] != CALL or self.federated.sse_poll_after is not None or telemetry.recording():
@@ -261,18 +279,17 @@ class SessionLane:
         try:
             await call.prime(record.protocol_version, stream_headers)
             await self.directory.touch(record.id)
-            capabilities = record.client.get("capabilities")
             front = Front(
                 record.protocol_version,
                 principal,
-                capabilities if isinstance(capabilities, dict) else {},
+                self._capabilities(record),
                 record.log_level or DEFAULT_LEVEL,
                 channel=_Channel(self, call),
             )
             forwarded = forward_params_of(params)
             forwarded["name"] = route.name
             message: types.JSONRPCMessage | None = None
-            with call.scope, self._watched(call, receive):
+            with call.scope, self._watched(call, receive), trace_parent(params.get("_meta")):
                 try:
                     result = await self.federated.forward_call(front, route, name, forwarded)
                     shaped = self.rules.shape(record.protocol_version, CALL, result)
