@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
+import mcp_types as types
 import pytest
 from anyio.abc import TaskGroup
 from fedmcp.adapter.service import Adapter
@@ -44,6 +46,39 @@ async def probe_saw_cancel(client: Any, seconds: float, timeout: float = 10) -> 
             if seen == {"result": [seconds]}:
                 return
             await anyio.sleep(0.05)
+
+
+SSE = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+async def open_session(http: httpx2.AsyncClient, url: str) -> dict[str, str]:
+    """A handshake-era (2025-11-25) Streamable HTTP session opened by hand: the headers of its requests."""
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    response = await http.post(url, json=init, headers=SSE)
+    session = {**SSE, "mcp-session-id": response.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session)
+    return session
+
+
+# The answers of a client that can be asked (asker.py's questions): elicitation, sampling, roots.
+async def on_elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+    return types.ElicitResult(action="accept", content={"ok": True})
+
+
+async def on_sample(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+    prompt = params.messages[0].content
+    assert isinstance(prompt, types.TextContent)
+    text = types.TextContent(type="text", text=f"verse on: {prompt.text}")
+    return types.CreateMessageResult(role="assistant", content=text, model="test-model")
+
+
+async def on_roots(context: Any) -> types.ListRootsResult:
+    return types.ListRootsResult(roots=[types.Root(uri="file:///work/project", name="project")])
 
 
 @pytest.fixture
@@ -114,6 +149,18 @@ class Federation:
         await self.tg.start(adapter.run)
         if wait:
             await self.wait_for_server(name, present=True)
+        return adapter
+
+    async def add_http_server(self, name: str, server: BackingServer) -> Adapter:
+        """An adapter for an HTTP backing server whose process may still be starting: tried until it connects."""
+        with anyio.fail_after(30):
+            while True:
+                adapter = await self.add_server(name, server, wait=False)
+                with anyio.move_on_after(5):
+                    await adapter.backend.wait_ready()
+                if adapter.backend.catalog is not None:
+                    break
+        await self.wait_for_server(name, present=True)
         return adapter
 
     async def add_edge(self) -> str:

@@ -41,15 +41,7 @@ async def test_configured_env_reaches_stdio_server_but_not_the_rest(
 
 async def test_http_backing_server_with_configured_headers(nats_server: NatsServer, http_probe: str) -> None:
     async with federation(nats_server.url) as fed:
-        server = BackingServer(url=http_probe, headers={"X-Probe-Token": "abc123"})
-        with anyio.fail_after(30):
-            while True:  # the HTTP server process may still be starting
-                adapter = await fed.add_server("remote", server, wait=False)
-                with anyio.move_on_after(5):
-                    await adapter.backend.wait_ready()
-                if adapter.backend.catalog is not None:
-                    break
-        await fed.wait_for_server("remote", present=True)
+        await fed.add_http_server("remote", BackingServer(url=http_probe, headers={"X-Probe-Token": "abc123"}))
         for mode in ("legacy", "2026-07-28"):
             async with Client(fed.url, mode=mode) as client:  # type: ignore[arg-type]
                 result = await client.call_tool("remote_header", {"name": "X-Probe-Token"})

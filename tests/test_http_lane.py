@@ -19,7 +19,7 @@ import mcp_types as types
 import msgspec
 import pytest
 import uvicorn
-from conftest import federation, http_server
+from conftest import federation, http_server, on_elicit, on_roots, on_sample
 from fedmcp.adapter.envelope import enveloped, hop_headers
 from fedmcp.adapter.http_lane import EventStream, EventTooLarge, HttpLane, Redirected
 from fedmcp.adapter.service import Adapter
@@ -60,18 +60,6 @@ class Counted:
         monkeypatch.setattr(HttpLane, "request", request)
 
 
-async def _add_http(fed: Any, name: str, url: str) -> Adapter:
-    with anyio.fail_after(30):
-        while True:  # the HTTP server process may still be starting
-            adapter: Adapter = await fed.add_server(name, BackingServer(url=url), wait=False)
-            with anyio.move_on_after(5):
-                await adapter.backend.wait_ready()
-            if adapter.backend.catalog is not None:
-                break
-    await fed.wait_for_server(name, present=True)
-    return adapter
-
-
 def _lane_of(adapter: Adapter) -> HttpLane:
     lane = adapter.backend.primary._http
     assert lane is not None, "a 2026-07-28 HTTP session has an HTTP lane"
@@ -91,7 +79,7 @@ async def test_calls_take_the_lane_and_answer_as_the_sdk_path(
 ) -> None:
     counted = Counted(monkeypatch)
     async with federation(nats_server.url) as fed:
-        adapter = await _add_http(fed, "remote", http_probe)
+        adapter = await fed.add_http_server("remote", BackingServer(url=http_probe))
         lane = _lane_of(adapter)
         async with Client(fed.url, mode=VERSION) as client:
             through_lane = await _answers(client)
@@ -108,7 +96,7 @@ async def test_log_messages_on_the_stream_reach_the_client_before_the_result(
 ) -> None:
     counted = Counted(monkeypatch)
     async with federation(nats_server.url) as fed:
-        await _add_http(fed, "remote", http_probe)
+        await fed.add_http_server("remote", BackingServer(url=http_probe))
         seen: list[str] = []
 
         async def on_log(params: types.LoggingMessageNotificationParams) -> None:
@@ -127,7 +115,7 @@ async def test_a_cancelled_call_is_cancelled_at_the_server(
 ) -> None:
     counted = Counted(monkeypatch)
     async with federation(nats_server.url) as fed:
-        await _add_http(fed, "remote", http_probe)
+        await fed.add_http_server("remote", BackingServer(url=http_probe))
         async with Client(fed.url, mode=VERSION) as client:
             with anyio.move_on_after(1.0):
                 await client.call_tool("remote_sleep", {"seconds": 30})
@@ -142,21 +130,6 @@ async def test_a_cancelled_call_is_cancelled_at_the_server(
 COMBOS = [("legacy", "legacy"), (VERSION, VERSION), (VERSION, "legacy"), ("legacy", "auto")]
 
 
-async def on_elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
-    return types.ElicitResult(action="accept", content={"ok": True})
-
-
-async def on_sample(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
-    prompt = params.messages[0].content
-    assert isinstance(prompt, types.TextContent)
-    text = types.TextContent(type="text", text=f"verse on: {prompt.text}")
-    return types.CreateMessageResult(role="assistant", content=text, model="test-model")
-
-
-async def on_roots(context: Any) -> types.ListRootsResult:
-    return types.ListRootsResult(roots=[types.Root(uri="file:///work/project", name="project")])
-
-
 @pytest.mark.parametrize(("front", "back"), COMBOS, ids=[f"{f}-front/{b}-back" for f, b in COMBOS])
 async def test_questions_mid_call_travel_the_lane_in_every_era_combination(
     nats_server: NatsServer, front: str, back: str, monkeypatch: pytest.MonkeyPatch
@@ -165,14 +138,7 @@ async def test_questions_mid_call_travel_the_lane_in_every_era_combination(
     counted = Counted(monkeypatch)
     with http_server("asker.py") as url:
         async with federation(nats_server.url) as fed:
-            with anyio.fail_after(30):
-                while True:  # the HTTP server process may still be starting
-                    adapter = await fed.add_server("asker", BackingServer(url=url, era=back), wait=False)
-                    with anyio.move_on_after(5):
-                        await adapter.backend.wait_ready()
-                    if adapter.backend.catalog is not None:
-                        break
-            await fed.wait_for_server("asker", present=True)
+            await fed.add_http_server("asker", BackingServer(url=url, era=back))
             async with Client(
                 fed.url,
                 mode=front,  # type: ignore[arg-type]
@@ -194,14 +160,7 @@ async def test_handshake_era_calls_carry_the_session_and_log_at_its_level(
 ) -> None:
     counted = Counted(monkeypatch)
     async with federation(nats_server.url) as fed:
-        with anyio.fail_after(30):
-            while True:
-                adapter = await fed.add_server("remote", BackingServer(url=http_probe, era="legacy"), wait=False)
-                with anyio.move_on_after(5):
-                    await adapter.backend.wait_ready()
-                if adapter.backend.catalog is not None:
-                    break
-        await fed.wait_for_server("remote", present=True)
+        adapter = await fed.add_http_server("remote", BackingServer(url=http_probe, era="legacy"))
         assert adapter.backend.primary._http_session is not None  # the server's session id, sent by the lane
         seen: list[str] = []
 

@@ -8,11 +8,9 @@ legacy front  + modern back : the edge asks the client with real requests and re
 
 from __future__ import annotations
 
-from typing import Any
-
 import mcp_types as types
 import pytest
-from conftest import federation, python_server
+from conftest import federation, on_elicit, on_roots, on_sample, python_server
 from fedmcp.shared.natsserver import NatsServer
 from mcp import Client
 from mcp.shared.exceptions import MCPError
@@ -25,22 +23,6 @@ COMBOS = [
     ("2026-07-28", "legacy"),
     ("legacy", "auto"),
 ]
-
-
-async def on_elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
-    return types.ElicitResult(action="accept", content={"ok": True})
-
-
-async def on_sample(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
-    prompt = params.messages[0].content
-    assert isinstance(prompt, types.TextContent)
-    return types.CreateMessageResult(
-        role="assistant", content=types.TextContent(type="text", text=f"verse on: {prompt.text}"), model="test-model"
-    )
-
-
-async def on_roots(context: Any) -> types.ListRootsResult:
-    return types.ListRootsResult(roots=[types.Root(uri="file:///work/project", name="project")])
 
 
 @pytest.mark.parametrize(("front", "back"), COMBOS, ids=[f"{f}-front/{b}-back" for f, b in COMBOS])

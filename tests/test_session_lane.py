@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -14,15 +12,13 @@ import httpx2
 import mcp_types as types
 import nats
 import pytest
-from conftest import federation, probe_saw_cancel, python_server
+from conftest import federation, on_elicit, on_roots, on_sample, open_session, probe_saw_cancel, python_server
 from fedmcp.edge.session_lane import SessionLane, _Channel
 from fedmcp.shared.natsserver import NatsServer
 from fedmcp.shared.subjects import Subjects
 from mcp import Client
 
 pytestmark = pytest.mark.anyio
-
-SSE = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
 class Spy:
@@ -47,21 +43,6 @@ class Spy:
 
 def sdk_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(SessionLane, "_plan", lambda lane, message: None)
-
-
-@asynccontextmanager
-async def raw_session(http: httpx2.AsyncClient, url: str) -> AsyncIterator[dict[str, str]]:
-    """A handshake-era session opened by hand: its headers."""
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-    }
-    response = await http.post(url, json=init, headers=SSE)
-    session = {**SSE, "mcp-session-id": response.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
-    await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session)
-    yield session
 
 
 def _call(request_id: int, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +70,8 @@ async def test_plain_calls_take_the_lane_and_answer_as_the_sdk_path_on_the_wire(
     spy = Spy(monkeypatch)
     async with federation(nats_server.url) as fed:
         await fed.add_server("probe", python_server("probe_server.py"))
-        async with httpx2.AsyncClient(timeout=20) as http, raw_session(http, fed.url) as session:
+        async with httpx2.AsyncClient(timeout=20) as http:
+            session = await open_session(http, fed.url)
             through_lane = await _wire(http, fed.url, session)
             assert spy.served == 2
             with monkeypatch.context() as patch:
@@ -118,21 +100,6 @@ async def test_log_messages_follow_the_sessions_level_ahead_of_the_result(
     assert result.structured_content == {"result": "logged"}
     assert seen == ["warning", "error", "result"]
     assert spy.served == 1
-
-
-async def on_elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
-    return types.ElicitResult(action="accept", content={"ok": True})
-
-
-async def on_sample(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
-    prompt = params.messages[0].content
-    assert isinstance(prompt, types.TextContent)
-    text = types.TextContent(type="text", text=f"verse on: {prompt.text}")
-    return types.CreateMessageResult(role="assistant", content=text, model="test-model")
-
-
-async def on_roots(context: Any) -> types.ListRootsResult:
-    return types.ListRootsResult(roots=[types.Root(uri="file:///work/project", name="project")])
 
 
 @pytest.mark.parametrize("back", ["legacy", "auto"])
@@ -180,7 +147,8 @@ async def test_a_client_that_goes_away_resumes_the_call_with_last_event_id(
     spy = Spy(monkeypatch)
     async with federation(nats_server.url) as fed:
         await fed.add_server("probe", python_server("probe_server.py"))
-        async with httpx2.AsyncClient(timeout=20) as http, raw_session(http, fed.url) as session:
+        async with httpx2.AsyncClient(timeout=20) as http:
+            session = await open_session(http, fed.url)
             async with http.stream(
                 "POST", fed.url, json=_call(9, "probe_sleep", {"seconds": 1.5}), headers=session
             ) as r:
@@ -204,7 +172,8 @@ async def test_requests_the_lane_does_not_take_get_the_sdks_answer(nats_server: 
     """Another principal's session, a stale version header, progress: the SDK's path answers."""
     async with federation(nats_server.url) as fed:
         await fed.add_server("probe", python_server("probe_server.py"))
-        async with httpx2.AsyncClient(timeout=20) as http, raw_session(http, fed.url) as session:
+        async with httpx2.AsyncClient(timeout=20) as http:
+            session = await open_session(http, fed.url)
             stale = {**session, "mcp-protocol-version": "2025-06-18"}
             response = await http.post(fed.url, json=_call(3, "probe_pid", {}), headers=stale)
             assert response.status_code in (200, 400)  # the SDK's path decides, as before the lane
@@ -227,7 +196,8 @@ async def test_the_clients_trace_context_travels_on_when_the_edge_records_no_spa
         try:
             seen: list[str] = []
             sub = await nc.subscribe(Subjects().rpc("probe"))  # beside the adapters' queue group: a copy
-            async with httpx2.AsyncClient(timeout=20) as http, raw_session(http, fed.url) as session:
+            async with httpx2.AsyncClient(timeout=20) as http:
+                session = await open_session(http, fed.url)
                 call = _call(3, "probe_pid", {})
                 call["params"]["_meta"] = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
                 response = await http.post(fed.url, json=call, headers=session)

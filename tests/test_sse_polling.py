@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import httpx2
 import pytest
-from conftest import federation, python_server
+from conftest import federation, open_session, python_server
 from fedmcp.edge import http as http_face
 from fedmcp.shared.natsserver import NatsServer
 from mcp import Client
 
 pytestmark = pytest.mark.anyio
-
-SSE = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
 async def events(response: httpx2.Response) -> list[dict[str, str]]:
@@ -35,6 +34,28 @@ async def events(response: httpx2.Response) -> list[dict[str, str]]:
     return found
 
 
+async def resumed_events(
+    http: httpx2.AsyncClient, url: str, headers: dict[str, str], *, until: Callable[[list[dict[str, str]]], bool]
+) -> list[dict[str, str]]:
+    """The SSE events of a resumed stream (a GET with `Last-Event-ID`) until `until(events so far)`: a
+    resumed stream stays open for the call's later events."""
+    found: list[dict[str, str]] = []
+    async with http.stream("GET", url, headers=headers) as response:
+        assert response.status_code == 200
+        event: dict[str, str] = {}
+        async for line in response.aiter_lines():
+            if line:
+                field, _, value = line.partition(":")
+                event[field] = value.removeprefix(" ")
+                continue
+            if event:
+                found.append(event)
+                if until(found):
+                    break
+            event = {}
+    return found
+
+
 def results(found: list[dict[str, str]], request_id: int) -> list[dict[str, Any]]:
     bodies = [json.loads(e["data"]) for e in found if e.get("data")]
     return [b for b in bodies if b.get("id") == request_id and "result" in b]
@@ -51,23 +72,7 @@ async def test_a_long_call_is_closed_and_resumed_with_last_event_id(
     async with federation(nats_server.url, sse_poll_after=0.3) as fed:
         await fed.add_server("probe", python_server("probe_server.py"))
         async with httpx2.AsyncClient(timeout=20) as http:
-            init = {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-11-25",
-                    "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "1"},
-                },
-            }
-            response = await http.post(fed.url, json=init, headers=SSE)
-            session = {
-                **SSE,
-                "mcp-session-id": response.headers["mcp-session-id"],
-                "mcp-protocol-version": "2025-11-25",
-            }
-            await http.post(fed.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session)
+            session = await open_session(http, fed.url)
             call = {
                 "jsonrpc": "2.0",
                 "id": 2,
@@ -83,21 +88,8 @@ async def test_a_long_call_is_closed_and_resumed_with_last_event_id(
             if local_idle is not None:
                 await anyio.sleep(int(posted[0]["retry"]) / 1000)  # a client waits the retry hint out
             resume = {**session, "Accept": "text/event-stream", "last-event-id": posted[-1]["id"]}
-            async with http.stream("GET", fed.url, headers=resume) as response:
-                assert response.status_code == 200
-                resumed: list[dict[str, Any]] = []
-                event: dict[str, str] = {}
-                async for line in response.aiter_lines():
-                    if line:
-                        field, _, value = line.partition(":")
-                        event[field] = value.removeprefix(" ")
-                        continue
-                    if event.get("data"):
-                        resumed.append(json.loads(event["data"]))
-                    event = {}
-                    if any(b.get("id") == 2 for b in resumed):
-                        break
-            assert [b["result"]["content"][0]["text"] for b in resumed if b.get("id") == 2] == ["slept 1.5"]
+            resumed = await resumed_events(http, fed.url, resume, until=lambda got: bool(results(got, 2)))
+            assert [b["result"]["content"][0]["text"] for b in results(resumed, 2)] == ["slept 1.5"]
         # The SDK client resumes by itself: a caller only sees the answer.
         async with Client(fed.url, mode="legacy") as client:
             result = await client.call_tool("probe_sleep", {"seconds": 1.2})
@@ -113,28 +105,6 @@ async def test_resuming_a_stream_never_replays_another_sessions_events(nats_serv
         await fed.add_server("probe", python_server("probe_server.py"))
         async with httpx2.AsyncClient(timeout=20) as http:
 
-            async def open_session() -> dict[str, str]:
-                init = {
-                    "jsonrpc": "2.0",
-                    "id": 1,
-                    "method": "initialize",
-                    "params": {
-                        "protocolVersion": "2025-11-25",
-                        "capabilities": {},
-                        "clientInfo": {"name": "t", "version": "1"},
-                    },
-                }
-                response = await http.post(fed.url, json=init, headers=SSE)
-                session = {
-                    **SSE,
-                    "mcp-session-id": response.headers["mcp-session-id"],
-                    "mcp-protocol-version": "2025-11-25",
-                }
-                await http.post(
-                    fed.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session
-                )
-                return session
-
             async def call(session: dict[str, str], name: str) -> list[dict[str, str]]:
                 body = {
                     "jsonrpc": "2.0",
@@ -145,22 +115,11 @@ async def test_resuming_a_stream_never_replays_another_sessions_events(nats_serv
                 async with http.stream("POST", fed.url, json=body, headers=session) as response:
                     return await events(response)
 
-            alice, bob = await open_session(), await open_session()
+            alice, bob = await open_session(http, fed.url), await open_session(http, fed.url)
             mine = await call(alice, "PATH")
             theirs = await call(bob, "HOME")
             assert results(theirs, 7)  # bob got his answer on his own stream
             resume = {**alice, "Accept": "text/event-stream", "last-event-id": mine[0]["id"]}
-            replayed: list[dict[str, Any]] = []
-            with anyio.move_on_after(2):  # the resumed stream stays open for the call's later events
-                async with http.stream("GET", fed.url, headers=resume) as response:
-                    assert response.status_code == 200
-                    event: dict[str, str] = {}
-                    async for line in response.aiter_lines():
-                        if line:
-                            field, _, value = line.partition(":")
-                            event[field] = value.removeprefix(" ")
-                            continue
-                        if event.get("data"):
-                            replayed.append(json.loads(event["data"]))
-                        event = {}
-        assert replayed == results(mine, 7)  # alice's own answer again, and nothing of bob's
+            # The replay ends where the resumed stream's own priming event (an id, no data) comes.
+            replayed = await resumed_events(http, fed.url, resume, until=lambda got: not got[-1].get("data"))
+        assert results(replayed, 7) == results(mine, 7)  # alice's own answer again, and nothing of bob's

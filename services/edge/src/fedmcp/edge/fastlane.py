@@ -122,6 +122,24 @@ def accepts(value: str) -> bool:
     return "application/json" in types and "text/event-stream" in types
 
 
+class Watchers:
+    """The task group in which the lanes (this one, session_lane.py) watch their long calls: for the
+    client going away, and to ping the stream (entered for the app's lifespan)."""
+
+    def __init__(self) -> None:
+        self.group: TaskGroup | None = None
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as group:
+            self.group = group
+            try:
+                yield
+            finally:
+                self.group = None
+                group.cancel_scope.cancel()
+
+
 class LaneRules:
     """What the lanes (this one, session_lane.py) decide as the SDK's path would: which calls policy lets
     through without a word, and how a result is shaped on the wire."""
@@ -206,12 +224,14 @@ class LaneRules:
 
 
 class FastLane:
-    def __init__(self, app: ASGIApp, *, path: str, federated: FederatedServer, rules: LaneRules) -> None:
+    def __init__(
+        self, app: ASGIApp, *, path: str, federated: FederatedServer, rules: LaneRules, watchers: Watchers
+    ) -> None:
         self.app = app
         self.path = path
         self.federated = federated
         self.rules = rules
-        self._watchers: TaskGroup | None = None
+        self.watchers = watchers
         self._valid_envelopes: set[bytes] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -348,8 +368,8 @@ class FastLane:
     def _watched(self, answer: _Answer, receive: Receive, call: anyio.CancelScope) -> Iterator[None]:
         """While a call runs longer than WATCH_AFTER, a watcher (in the lane's own task group) cancels it
         when the client goes away, and pings its stream; a quicker call costs a timer, not a task."""
-        watchers = self._watchers
-        if watchers is None:  # not running under `running()`: nobody can watch, the call just runs
+        watchers = self.watchers.group
+        if watchers is None:  # not running under `Watchers.running()`: nobody can watch, the call just runs
             yield
             return
 
@@ -366,17 +386,6 @@ class FastLane:
                 answer.timer.cancel()
             if answer.watch is not None:  # (a cancel costs a repr of the task: only when there is a watcher)
                 answer.watch.cancel()  # no more pings: the answer follows
-
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        """The lane's task group, for the watchers of long calls (the app's lifespan)."""
-        async with anyio.create_task_group() as watchers:
-            self._watchers = watchers
-            try:
-                yield
-            finally:
-                self._watchers = None
-                watchers.cancel_scope.cancel()
 
     def _finish(self, plan: _Plan, result: Any) -> dict[str, Any] | list[Buffer]:
         """A forwarded call's result, or a read's: decoded and shaped as the SDK does, or for a large

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from ssl import SSLContext
 
@@ -13,7 +13,7 @@ from fedmcp.edge.auth import LOOPBACK, Authenticator, AuthGate, principal_of, re
 from fedmcp.edge.consent_page import consent_routes
 from fedmcp.edge.consent_page import link as consent_link
 from fedmcp.edge.event_store import MemoryEventStore
-from fedmcp.edge.fastlane import FastLane, LaneRules
+from fedmcp.edge.fastlane import FastLane, LaneRules, Watchers
 from fedmcp.edge.guard import JsonRpcGuard, RequestGuard, sdk_security, transport_security
 from fedmcp.edge.legacy_sse import MESSAGES_PATH, SSE_PATH, legacy_sse_routes
 from fedmcp.edge.runtime import Edge
@@ -95,12 +95,19 @@ def build_app(
     # through nothing else (an exception in them is uvicorn's plain 500, never a traceback).
     # The lanes sit innermost, behind every check: the fast lane takes plain 2026-07-28 calls and hands
     # session requests on to the session lane, which takes plain handshake-era calls.
-    rules = LaneRules(federated)
+    rules, watchers = LaneRules(federated), Watchers()
     session_lane = SessionLane(
-        app, path=path, federated=federated, rules=rules, directory=edge.directory, events=events, retry_ms=RETRY_MS
+        app,
+        path=path,
+        federated=federated,
+        rules=rules,
+        directory=edge.directory,
+        events=events,
+        retry_ms=RETRY_MS,
+        watchers=watchers,
     )
-    fast = FastLane(session_lane, path=path, federated=federated, rules=rules)
-    app.router.lifespan_context = lambda app: _all(sessions.run(), fast.running(), session_lane.running())
+    fast = FastLane(session_lane, path=path, federated=federated, rules=rules, watchers=watchers)
+    app.router.lifespan_context = lambda app: _both(sessions.run(), watchers.running())
     gate = AuthGate(
         fast,
         authenticator=authenticator,
@@ -141,10 +148,10 @@ async def serve_http(
 
 
 @asynccontextmanager
-async def _all(*contexts: AbstractAsyncContextManager[None]) -> AsyncIterator[None]:
-    async with AsyncExitStack() as stack:
-        for context in contexts:
-            await stack.enter_async_context(context)
+async def _both(
+    first: AbstractAsyncContextManager[None], second: AbstractAsyncContextManager[None]
+) -> AsyncIterator[None]:
+    async with first, second:
         yield
 
 

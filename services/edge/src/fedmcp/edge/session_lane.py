@@ -29,19 +29,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
 import mcp_types as types
 import msgspec
 import structlog
-from anyio.abc import TaskGroup
 from fedmcp.edge.auth import SCOPE_KEY
 from fedmcp.edge.clients import DEFAULT_LEVEL
 from fedmcp.edge.event_store import MemoryEventStore
-from fedmcp.edge.fastlane import CALL, SESSION_HEADER, LaneRules, accepts, trace_parent
+from fedmcp.edge.fastlane import CALL, SESSION_HEADER, LaneRules, Watchers, accepts, trace_parent
 from fedmcp.edge.guard import MESSAGE_KEY
 from fedmcp.edge.server import FederatedServer, Front, forward_params_of, server_request
 from fedmcp.edge.session_directory import SessionDirectory
@@ -163,6 +162,7 @@ class SessionLane:
         directory: SessionDirectory,
         events: MemoryEventStore,
         retry_ms: int,
+        watchers: Watchers,
     ) -> None:
         self.app = app
         self.path = path
@@ -171,15 +171,15 @@ class SessionLane:
         self.directory = directory
         self.events = events
         self.retry_ms = retry_ms
+        self.watchers = watchers
         self._calls: dict[tuple[str, str | int], _Call] = {}
         self._ask_ids = itertools.count(1)
         self._caps: dict[str, tuple[SessionRecord, dict[str, Any]]] = {}
-        self._watchers: TaskGroup | None = None
         directory.on_removed(self._session_ended)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handler = None
-        if scope["type"] == "http" and scope["path"] == self.path and self._watchers is not None:
+        if scope["type"] == "http" and scope["path"] == self.path and self.watchers.group is not None:
             try:
                 handler = self._route(scope)
             except Exception:  # whatever puzzles the lane is the SDK path's to answer
@@ -310,13 +310,14 @@ class SessionLane:
     def _watched(self, call: _Call, receive: Receive) -> Iterator[None]:
         """After WATCH_AFTER, the held priming event goes out and a watcher pings the stream and notes the
         client leaving (which stops the writing, not the call); a quicker call costs a timer."""
-        watchers = self._watchers
+        watchers = self.watchers.group
         assert watchers is not None
-        watch = anyio.CancelScope()
+        watch: list[anyio.CancelScope] = []
 
         def start() -> None:
             call.timer = None
-            watchers.start_soon(self._keep_alive, call, receive, watch)
+            watch.append(anyio.CancelScope())
+            watchers.start_soon(self._keep_alive, call, receive, watch[0])
 
         call.timer = asyncio.get_running_loop().call_later(WATCH_AFTER, start)
         try:
@@ -324,7 +325,8 @@ class SessionLane:
         finally:
             if call.timer is not None:
                 call.timer.cancel()
-            watch.cancel()
+            if watch:  # (a cancel costs a repr of the task: only when there is a watcher)
+                watch[0].cancel()
 
     async def _keep_alive(self, call: _Call, receive: Receive, watch: anyio.CancelScope) -> None:
         with watch:
@@ -396,17 +398,6 @@ class SessionLane:
         for call in list(self._calls.values()):
             if call.session == session_id:
                 call.scope.cancel()
-
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        """The lane's task group, for the watchers of long calls (the app's lifespan)."""
-        async with anyio.create_task_group() as watchers:
-            self._watchers = watchers
-            try:
-                yield
-            finally:
-                self._watchers = None
-                watchers.cancel_scope.cancel()
 
 
 def _headers(scope: Scope) -> dict[bytes, str]:
