@@ -35,7 +35,6 @@ from typing import Any
 
 import anyio
 import mcp_types as types
-import msgspec
 import structlog
 from fedmcp.edge.auth import SCOPE_KEY
 from fedmcp.edge.clients import DEFAULT_LEVEL
@@ -44,13 +43,13 @@ from fedmcp.edge.fastlane import CALL, SESSION_HEADER, LaneRules, Watchers, acce
 from fedmcp.edge.guard import MESSAGE_KEY
 from fedmcp.edge.server import FederatedServer, Front, forward_params_of, server_request
 from fedmcp.edge.session_directory import SessionDirectory
-from fedmcp.shared import telemetry
+from fedmcp.shared import jsonrpc, telemetry
 from fedmcp.shared.frontsession import SessionRecord
 from fedmcp.shared.policy import Principal
 from mcp.server.streamable_http import EventStore
 from mcp.shared.exceptions import MCPError
 from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, is_version_at_least
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -63,11 +62,10 @@ WATCH_AFTER = 0.5
 """Seconds before a call gets a watcher for its client going away; until then its priming event is held
 back, so that a quick call's whole answer is one write."""
 PRIMING_FROM = "2025-11-25"
-"""The first version whose clients take the priming event (an id, no data)."""
+"""The first version whose clients take the priming event (an id, no data), as the SDK decides it."""
 ASK_PREFIX = "fedmcp-ask-"
 """Ids of the lane's requests to clients (the SDK's own are integers)."""
 _ACCEPTED = [(b"content-type", b"application/json"), (b"content-length", b"0")]
-_encoder = msgspec.json.Encoder()
 
 
 class _Call:
@@ -93,7 +91,7 @@ class _Call:
     async def prime(self, version: str, headers: list[tuple[bytes, bytes]]) -> None:
         """The stream's start: its headers, and (2025-11-25) the priming event, stored first."""
         self.headers = headers
-        if version >= PRIMING_FROM:
+        if is_version_at_least(version, PRIMING_FROM):
             event_id = await self.store.store_event(self.stream, None)
             self.held.append(f"id: {event_id}\r\ndata: \r\nretry: {self.retry_ms}\r\n\r\n".encode())
 
@@ -144,11 +142,13 @@ class _Channel:
             del self.call.asks[ask_id]
         message = answer[0]
         error = message.get("error")
-        if isinstance(error, dict):
-            raise MCPError(
-                code=int(error.get("code", 0)), message=str(error.get("message", "")), data=error.get("data")
-            )
-        return message.get("result")
+        if error is None:
+            return message.get("result")
+        try:
+            parsed = types.ErrorData.model_validate(error)
+        except ValidationError:
+            parsed = types.ErrorData(code=jsonrpc.INTERNAL_ERROR, message=f"malformed error answering {method}")
+        raise MCPError(code=parsed.code, message=parsed.message, data=parsed.data)
 
 
 class SessionLane:
@@ -278,7 +278,6 @@ class SessionLane:
         ]
         try:
             await call.prime(record.protocol_version, stream_headers)
-            await self.directory.touch(record.id)
             front = Front(
                 record.protocol_version,
                 principal,
@@ -291,6 +290,7 @@ class SessionLane:
             message: types.JSONRPCMessage | None = None
             with call.scope, self._watched(call, receive), trace_parent(params.get("_meta")):
                 try:
+                    await self.directory.touch(record.id)  # the session's record kept alive, as the SDK's path does
                     result = await self.federated.forward_call(front, route, name, forwarded)
                     shaped = self.rules.shape(record.protocol_version, CALL, result)
                     message = types.JSONRPCResponse(jsonrpc="2.0", id=request_id, result=shaped)
