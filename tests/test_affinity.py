@@ -17,6 +17,7 @@ import httpx2
 import msgspec
 import pytest
 from conftest import federation, http_server, python_server
+from fedmcp.cli.inspect import read_sessions, render_sessions
 from fedmcp.shared import buckets, envelopes, jsonrpc
 from fedmcp.shared.config import BackingServer, load_toml
 from fedmcp.shared.natsserver import NatsServer, free_port
@@ -326,3 +327,21 @@ def test_affinity_in_the_config_file(tmp_path: Path) -> None:
     path.write_text('[servers.notes]\ncommand = "notes-server"\naffinity = "sticky"\n')
     with pytest.raises(ValueError, match="affinity"):
         load_toml(path)
+
+
+async def test_fedmcp_ls_sessions_shows_front_sessions_and_their_pins(nats_server: NatsServer) -> None:
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("counter", counter())
+        async with front(fed.url) as (client, session_id):
+            await client.set_logging_level("warning")
+            await bump(client)
+            records, pins = await read_sessions(nats_server.url, "fedmcp")
+            shown = render_sessions(records, pins)
+        sid = session_id()
+        (record,) = [r for r in records if r.id == sid]
+        assert (record.protocol_version, record.log_level) == ("2025-11-25", "warning")
+        (pin,) = [p for p in pins if p.session == sid]
+        assert (pin.server, pin.state) == ("counter", "pinned") and pin.instance
+        row = next(line for line in shown.splitlines() if line.startswith(sid) and "warning" in line)
+        assert "2025-11-25" in row
+        assert any(line.startswith(sid) and pin.instance in line for line in shown.splitlines())

@@ -19,7 +19,7 @@ from fedmcp.cli.inspect import read_state, render
 from fedmcp.manager.main import run_manager
 from fedmcp.shared import buckets, bus, discovery, envelopes, headers
 from fedmcp.shared.envelopes import Heartbeat, Instance
-from fedmcp.shared.natsserver import NatsServer
+from fedmcp.shared.natsserver import NatsServer, free_port
 from fedmcp.shared.subjects import Subjects
 from mcp import Client
 from mcp.shared.exceptions import MCPError
@@ -307,3 +307,15 @@ async def test_two_managers_one_leader_and_takeover(nats_server: NatsServer) -> 
             assert set(catalogs) == {"demo", "late"}
             assert sorted(i.server for i in instances) == ["demo", "late"]
             await stops[1]()
+
+
+async def test_fedmcp_ls_without_a_reachable_nats_says_so_and_ends() -> None:
+    """A wrong URL is an answer within seconds, not a wait forever (the CLI's one-shot connection)."""
+    url = f"nats://127.0.0.1:{free_port()}"
+    for extra in ([], ["--sessions"]):
+        with anyio.fail_after(30):
+            done = await anyio.run_process(
+                [sys.executable, "-m", "fedmcp.cli.main", "ls", "--nats-url", url, *extra], check=False
+            )
+        assert done.returncode == 1
+        assert b"cannot read the registry" in done.stderr and b"Traceback" not in done.stderr

@@ -72,6 +72,11 @@ async def connect(url: str, *, name: str, **options: Any) -> NATS:
     if secure is not None:
         settings.update(secure.options())
     settings.update(options)
+    if settings.get("allow_reconnect") is False and "max_reconnect_attempts" not in options:
+        # A one-shot connection (the CLI's) gives up on a server after a second try: nats-py applies
+        # the reconnect budget to the first connect too (and reads 0 as no limit), so with the
+        # services' unlimited one a wrong URL would make `fedmcp ls` wait forever.
+        settings["max_reconnect_attempts"] = 1
     # Every service's connection gets the guard: a malformed header block from any publisher, or a
     # flush that gave up, must not stop its read loop (see natsguard).
     if settings.get("tls") is None:

@@ -1,13 +1,17 @@
-"""`fedmcp ls`: the federation as the bus sees it (registry, catalogs, conflicts)."""
+"""`fedmcp ls`: the federation as the bus sees it (registry, catalogs, conflicts; with `--sessions`,
+the region's handshake-era front sessions and their pins to instances)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 
 import click
-from fedmcp.shared import buckets, bus, envelopes, routing
-from fedmcp.shared.envelopes import CatalogEntry, Instance
+from fedmcp.shared import buckets, bus, envelopes, frontsession, routing
+from fedmcp.shared.envelopes import CatalogEntry, Instance, Pin
+from fedmcp.shared.frontsession import SessionRecord
 from fedmcp.shared.subjects import Subjects
+from nats.js.kv import KeyValue
 
 
 async def read_state(
@@ -25,6 +29,47 @@ async def read_state(
         return catalogs, instances
     finally:
         await nc.close()
+
+
+async def read_sessions(
+    nats_url: str, prefix: str, region: buckets.Region = buckets.LOCAL
+) -> tuple[list[SessionRecord], list[Pin]]:
+    """The region's front sessions and pins (a bucket not made yet: none), by direct gets."""
+    subjects = Subjects(prefix)
+    nc = await bus.connect(nats_url, name="fedmcp-ls", allow_reconnect=False)
+    try:
+        js = nc.jetstream(timeout=5)
+
+        async def entries(open_kv: Awaitable[KeyValue]) -> list[bytes]:
+            try:
+                kv = await open_kv
+            except buckets.NotCreatedYet:
+                return []
+            return list((await buckets.read_all(js, kv)).values())
+
+        sessions = await entries(frontsession.open_sessions(js, subjects, region, create=False, patience=0))
+        pins = await entries(buckets.open_bucket(js, subjects, buckets.PINS, region, create=False, patience=0))
+        return [frontsession.decode(v) for v in sessions], [envelopes.decode(v, Pin) for v in pins]
+    finally:
+        await nc.close()
+
+
+def render_sessions(records: list[SessionRecord], pins: list[Pin]) -> str:
+    now = time.time()
+    lines = [f"{'SESSION':<34} {'PRINCIPAL':<20} {'VERSION':<11} {'CLIENT':<24} {'LOG':<8} {'SUBS':>4} {'WRITTEN':>8}"]
+    for record in sorted(records, key=lambda r: r.id):
+        info = record.client.get("clientInfo") if isinstance(record.client, dict) else None
+        client = f"{info.get('name', '')} {info.get('version', '')}".strip() if isinstance(info, dict) else "-"
+        written = f"{int(now - record.written)}s ago" if record.written else "-"
+        lines.append(
+            f"{record.id:<34} {record.principal[:20]:<20} {record.protocol_version:<11} {client[:24]:<24} "
+            f"{record.log_level or '-':<8} {len(record.subscriptions):>4} {written:>8}"
+        )
+    lines.append("")
+    lines.append(f"{'PINNED SESSION':<34} {'SERVER':<16} {'STATE':<8} {'INSTANCE':<44} EDGE")
+    for pin in sorted(pins, key=lambda p: (p.session, p.server)):
+        lines.append(f"{pin.session:<34} {pin.server:<16} {pin.state:<8} {pin.instance or '-':<44} {pin.edge or '-'}")
+    return "\n".join(lines)
 
 
 def render(catalogs: dict[str, CatalogEntry], instances: list[Instance]) -> str:

@@ -72,27 +72,35 @@ def up(config_path: str, mcp_json: str | None, nats_url: str | None, port: int |
 @click.option("--nats-url", envvar="FEDMCP_NATS_URL", default="nats://127.0.0.1:4222", show_default=True)
 @click.option("--prefix", default="fedmcp", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--sessions", is_flag=True, help="Also the handshake-era front sessions and their pins to instances.")
 @region_options
-def ls(nats_url: str, prefix: str, as_json: bool, region: Region) -> None:
+def ls(nats_url: str, prefix: str, as_json: bool, sessions: bool, region: Region) -> None:
     """Show servers, instances and catalog conflicts, as the region's control plane sees them."""
     logs.configure("cli", region=region.name, level="error")  # stdout is for the answer
     try:
         catalogs, instances = anyio.run(inspect.read_state, nats_url, prefix, region)
+        records, pins = anyio.run(inspect.read_sessions, nats_url, prefix, region) if sessions else ([], [])
     except Exception as exc:  # unreachable NATS, no JetStream, no such region: say so, no traceback
         raise click.ClickException(
             f"cannot read the registry of region {region.name!r} at {nats_url}: {exc!r}"
         ) from None
     if as_json:
-        from fedmcp.shared import envelopes, routing
+        from fedmcp.shared import envelopes, frontsession, routing
 
         doc = {
             "servers": {k: json.loads(envelopes.encode(v)) for k, v in catalogs.items()},
             "instances": [json.loads(envelopes.encode(i)) for i in instances],
             "conflicts": routing.build(catalogs).conflicts,
         }
+        if sessions:
+            doc["sessions"] = [json.loads(frontsession.encode(r)) for r in records]
+            doc["pins"] = [json.loads(envelopes.encode(p)) for p in pins]
         click.echo(call_mod.dumps(doc))
     else:
         inspect.print_state(catalogs, instances)
+        if sessions:
+            click.echo("")
+            click.echo(inspect.render_sessions(records, pins))
 
 
 @cli.command()
