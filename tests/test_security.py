@@ -373,3 +373,37 @@ async def test_front_tokens_never_reach_the_backing_server(nats_server: NatsServ
                     assert token not in json.dumps(seen.model_dump())
     finally:
         backing.stop()
+
+
+async def test_a_session_serves_only_the_principal_that_opened_it(
+    nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alice's session id with Bob's token is an unknown session (404), on the lane's path and the SDK's."""
+    private, public = identity.write_key_pair(tmp_path / "keys")
+    monkeypatch.setenv("FEDMCP_TRUSTED_EDGE_KEYS", str(public))
+    issuer = Issuer(tmp_path, "as")
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("vault", python_server("vault.py"))
+        await fed.add_server("demo", demo_server())
+        async with authed_edge(fed, tmp_path, issuer, private) as (url, _), httpx2.AsyncClient(timeout=10) as http:
+            alice = await _session(http, url, issuer.token(url))
+            call = {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "demo_echo", "arguments": {"text": "a"}},
+            }
+            mine = await http.post(url, json=call, headers=alice)
+            assert mine.status_code == 200 and '"text":"a"' in mine.text.replace(" ", "")
+            bob = {**alice, **bearer(issuer.token(url, sub="bob"))}
+            for body in (
+                call,
+                {
+                    **call,
+                    "id": 3,
+                    "params": {"name": "demo_echo", "arguments": {"text": "b"}, "_meta": {"progressToken": 1}},
+                },
+            ):
+                stolen = await http.post(url, json=body, headers=bob)
+                assert stolen.status_code == 404, stolen.text
+                assert '"text":"' not in stolen.text.replace(" ", "")

@@ -26,11 +26,14 @@ class Spy:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.served = 0
+        self.serving = anyio.Event()
+        """Set when the lane has taken its first call."""
         self.asked: list[str] = []
         serve, ask = SessionLane._serve, _Channel.ask
 
         async def counted_serve(lane: SessionLane, *args: Any) -> None:
             self.served += 1
+            self.serving.set()
             await serve(lane, *args)
 
         async def counted_ask(channel: _Channel, method: str, params: dict[str, Any]) -> Any:
@@ -208,3 +211,26 @@ async def test_the_clients_trace_context_travels_on_when_the_edge_records_no_spa
         finally:
             await nc.close()
     assert trace_id in seen[0]
+
+
+async def test_a_session_that_ends_mid_call_cancels_the_call(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = Spy(monkeypatch)
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("probe", python_server("probe_server.py"))
+        async with httpx2.AsyncClient(timeout=20) as http, anyio.create_task_group() as tg:
+            session = await open_session(http, fed.url)
+            answered: list[str] = []
+
+            async def long_call() -> None:
+                response = await http.post(fed.url, json=_call(4, "probe_sleep", {"seconds": 30}), headers=session)
+                answered.append(response.text)
+
+            tg.start_soon(long_call)
+            with anyio.fail_after(10):
+                await spy.serving.wait()  # the call is on the lane
+            assert (await http.delete(fed.url, headers=session)).status_code == 200
+            async with Client(fed.url, mode="legacy") as observer:
+                await probe_saw_cancel(observer, 30)
+        assert answered and '"result"' not in answered[0]  # the stream ended without an answer

@@ -135,7 +135,14 @@ class SessionDirectory:
             await self.save(record)
 
     async def remove(self, session_id: str) -> None:
-        self.records.pop(session_id, None)
+        """End the session: here at once (its callbacks run now; the watch then finds it gone), and on the
+        other edges when the deletion reaches their watch."""
+        found = self.records.pop(session_id, None)
         self._touched.pop(session_id, None)
-        with anyio.fail_after(WRITE_TIMEOUT):
-            await self.kv.delete(session_id)
+        try:
+            with anyio.fail_after(WRITE_TIMEOUT):
+                await self.kv.delete(session_id)
+        finally:
+            if found is not None:
+                for callback in self._removed:
+                    await callback(session_id)
