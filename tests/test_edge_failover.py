@@ -15,7 +15,7 @@ import anyio
 import httpx2
 import msgspec
 import pytest
-from conftest import demo_server, federation, python_server
+from conftest import demo_server, federation, open_session, python_server
 from fedmcp.edge import http
 from fedmcp.shared.natsserver import NatsServer, free_port
 from mcp import Client
@@ -187,3 +187,20 @@ async def test_an_idle_session_costs_no_transport_and_is_adopted_again(
             assert result.structured_content == {"result": 3}
             assert session_id in held  # adopted again, with what the session had set
             assert fed.edge.directory.records[session_id].log_level == "warning"
+
+
+async def test_a_deleted_session_ends_its_get_stream_on_the_edge_that_deleted_it(nats_server: NatsServer) -> None:
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("demo", demo_server())
+        async with httpx2.AsyncClient(timeout=20) as client:
+            session = await open_session(client, fed.url)
+            listen = {**session, "Accept": "text/event-stream"}
+            async with client.stream("GET", fed.url, headers=listen) as stream:
+                assert stream.status_code == 200
+                assert (await client.delete(fed.url, headers=session)).status_code == 200
+                # The stream ends: the edge cuts it (as every other edge does when the deletion reaches it).
+                with anyio.fail_after(10), pytest.raises(httpx2.RemoteProtocolError):
+                    async for _ in stream.aiter_bytes():
+                        pass
+            again = await client.post(fed.url, json={"jsonrpc": "2.0", "id": 9, "method": "ping"}, headers=session)
+            assert again.status_code == 404
