@@ -46,7 +46,7 @@ from fedmcp.edge.session_directory import SessionDirectory
 from fedmcp.shared import jsonrpc, telemetry
 from fedmcp.shared.frontsession import SessionRecord
 from fedmcp.shared.policy import Principal
-from mcp.server.streamable_http import EventStore
+from mcp.server.streamable_http import EventMessage, EventStore
 from mcp.shared.exceptions import MCPError
 from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, is_version_at_least
@@ -97,8 +97,7 @@ class _Call:
 
     async def event(self, message: types.JSONRPCMessage, flush: bool = True) -> None:
         event_id = await self.store.store_event(self.stream, message)
-        data = message.model_dump_json(by_alias=True, exclude_unset=True)
-        self.held.append(f"id: {event_id}\r\nevent: message\r\ndata: {data}\r\n\r\n".encode())
+        self.held.append(_sse_event(event_id, message))
         if flush:
             await self.flush(more=True)
 
@@ -269,15 +268,8 @@ class SessionLane:
         request_id, name, params = plan
         key = (record.id, request_id)
         call = self._calls[key] = _Call(record.id, request_id, send, self.events.scoped(record.id), self.retry_ms)
-        stream_headers = [
-            (b"cache-control", b"no-cache, no-transform"),
-            (b"connection", b"keep-alive"),
-            (b"content-type", b"text/event-stream"),
-            (b"mcp-session-id", record.id.encode()),
-            (b"x-accel-buffering", b"no"),
-        ]
         try:
-            await call.prime(record.protocol_version, stream_headers)
+            await call.prime(record.protocol_version, _stream_headers(record.id))
             front = Front(
                 record.protocol_version,
                 principal,
@@ -377,8 +369,8 @@ class SessionLane:
         return cancel
 
     def _resuming(self, session_id: str, last_event_id: str | None) -> ASGIApp | None:
-        """A GET resuming the stream of a call still running here: it waits for the call's end, then the
-        SDK's transport replays the stream from the store, where all of it is by then."""
+        """A GET resuming the stream of a call still running here (a finished one's the SDK's transport
+        replays from the store)."""
         stream = self.events.stream_of(last_event_id) if last_event_id is not None else None
         prefix = f"{session_id}/"
         if stream is None or not stream.startswith(prefix):
@@ -389,8 +381,26 @@ class SessionLane:
             return None
 
         async def resume(scope: Scope, receive: Receive, send: Send) -> None:
-            await call.done.wait()
-            await self.app(scope, receive, send)
+            """The stream answers at once and pings while the call runs (a client waiting for headers
+            would give up); at the call's end, what came after `last_event_id` is replayed from the store
+            and the stream ends, as the call's own stream would have."""
+            assert last_event_id is not None
+            await send({"type": "http.response.start", "status": 200, "headers": _stream_headers(session_id)})
+            try:
+                while not call.done.is_set():
+                    with anyio.move_on_after(PING_INTERVAL):
+                        await call.done.wait()
+                    if not call.done.is_set():
+                        await send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
+                replayed: list[bytes] = []
+
+                async def collect(event: EventMessage) -> None:
+                    replayed.append(_sse_event(event.event_id, event.message))
+
+                await self.events.replay_events_after(last_event_id, collect)
+                await send({"type": "http.response.body", "body": b"".join(replayed), "more_body": False})
+            except OSError:  # the client left again; the store still holds the stream
+                pass
 
         return resume
 
@@ -398,6 +408,24 @@ class SessionLane:
         for call in list(self._calls.values()):
             if call.session == session_id:
                 call.scope.cancel()
+
+
+def _stream_headers(session_id: str) -> list[tuple[bytes, bytes]]:
+    """A POST stream's response headers, as the SDK's transport sends them."""
+    return [
+        (b"cache-control", b"no-cache, no-transform"),
+        (b"connection", b"keep-alive"),
+        (b"content-type", b"text/event-stream"),
+        (b"mcp-session-id", session_id.encode()),
+        (b"x-accel-buffering", b"no"),
+    ]
+
+
+def _sse_event(event_id: str | None, message: types.JSONRPCMessage) -> bytes:
+    """One stored message on the wire, as sse_starlette frames the SDK's events."""
+    data = message.model_dump_json(by_alias=True, exclude_unset=True)
+    head = f"id: {event_id}\r\n" if event_id else ""
+    return f"{head}event: message\r\ndata: {data}\r\n\r\n".encode()
 
 
 def _headers(scope: Scope) -> dict[bytes, str]:
