@@ -23,6 +23,7 @@ from fedmcp.shared import bus
 from fedmcp.shared.config import BackingServer
 from fedmcp.shared.natsserver import NatsServer, free_port
 from fedmcp.shared.ops_http import bind
+from mcp import Client
 from procs import Proc
 
 SERVERS = Path(__file__).parent / "servers"
@@ -79,6 +80,23 @@ async def on_sample(context: Any, params: types.CreateMessageRequestParams) -> t
 
 async def on_roots(context: Any) -> types.ListRootsResult:
     return types.ListRootsResult(roots=[types.Root(uri="file:///work/project", name="project")])
+
+
+async def ask_everything(url: str, mode: str, prefix: str = "asker") -> None:
+    """asker.py's three tools through `url` by a client that answers (above): each answer as asked."""
+    async with Client(
+        url,
+        mode=mode,  # type: ignore[arg-type]
+        elicitation_callback=on_elicit,
+        sampling_callback=on_sample,
+        list_roots_callback=on_roots,
+    ) as client:
+        greet = await client.call_tool(f"{prefix}_greet", {"name": "Ada"})
+        assert greet.structured_content == {"result": "hello Ada (confirmed=True)"}
+        poem = await client.call_tool(f"{prefix}_poem", {"topic": "NATS"})
+        assert poem.structured_content == {"result": "verse on: A poem about NATS"}
+        roots = await client.call_tool(f"{prefix}_roots", {})
+        assert roots.structured_content == {"result": ["file:///work/project"]}
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import mcp_types as types
 import msgspec
 import pytest
 import uvicorn
-from conftest import federation, http_server, on_elicit, on_roots, on_sample
+from conftest import ask_everything, federation, http_server
 from fedmcp.adapter.envelope import enveloped, hop_headers
 from fedmcp.adapter.http_lane import EventStream, EventTooLarge, HttpLane, Redirected
 from fedmcp.adapter.service import Adapter
@@ -139,19 +139,7 @@ async def test_questions_mid_call_travel_the_lane_in_every_era_combination(
     with http_server("asker.py") as url:
         async with federation(nats_server.url) as fed:
             await fed.add_http_server("asker", BackingServer(url=url, era=back))
-            async with Client(
-                fed.url,
-                mode=front,  # type: ignore[arg-type]
-                elicitation_callback=on_elicit,
-                sampling_callback=on_sample,
-                list_roots_callback=on_roots,
-            ) as client:
-                greet = await client.call_tool("asker_greet", {"name": "Ada"})
-                poem = await client.call_tool("asker_poem", {"topic": "NATS"})
-                roots = await client.call_tool("asker_roots", {})
-    assert greet.structured_content == {"result": "hello Ada (confirmed=True)"}
-    assert poem.structured_content == {"result": "verse on: A poem about NATS"}
-    assert roots.structured_content == {"result": ["file:///work/project"]}
+            await ask_everything(fed.url, front)
     assert counted.calls and set(counted.calls) == {"tools/call"}
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import mcp_types as types
 import pytest
-from conftest import federation, on_elicit, on_roots, on_sample, python_server
+from conftest import ask_everything, federation, on_elicit, python_server
 from fedmcp.shared.natsserver import NatsServer
 from mcp import Client
 from mcp.shared.exceptions import MCPError
@@ -34,19 +34,7 @@ async def test_elicitation_sampling_and_roots_in_every_era_combination(
         assert fed.edge is not None
         negotiated = fed.edge.view.table.servers["asker"].catalog.protocol_version
         assert (negotiated == "2025-11-25") == (back == "legacy")
-        async with Client(
-            fed.url,
-            mode=front,  # type: ignore[arg-type]
-            elicitation_callback=on_elicit,
-            sampling_callback=on_sample,
-            list_roots_callback=on_roots,
-        ) as client:
-            greet = await client.call_tool("asker_greet", {"name": "Ada"})
-            assert greet.structured_content == {"result": "hello Ada (confirmed=True)"}
-            poem = await client.call_tool("asker_poem", {"topic": "NATS"})
-            assert poem.structured_content == {"result": "verse on: A poem about NATS"}
-            roots = await client.call_tool("asker_roots", {})
-            assert roots.structured_content == {"result": ["file:///work/project"]}
+        await ask_everything(fed.url, front)
 
 
 @pytest.mark.parametrize("back", ["legacy", "auto"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -12,7 +14,7 @@ import httpx2
 import mcp_types as types
 import nats
 import pytest
-from conftest import federation, on_elicit, on_roots, on_sample, open_session, probe_saw_cancel, python_server
+from conftest import Federation, ask_everything, federation, open_session, probe_saw_cancel, python_server
 from fedmcp.edge.session_lane import SessionLane, _Channel
 from fedmcp.shared.natsserver import NatsServer
 from fedmcp.shared.subjects import Subjects
@@ -48,6 +50,15 @@ def sdk_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(SessionLane, "_plan", lambda lane, message: None)
 
 
+@asynccontextmanager
+async def probe_session(nats_url: str) -> AsyncIterator[tuple[Federation, httpx2.AsyncClient, dict[str, str]]]:
+    """A federation with probe_server.py, an HTTP client, and a handshake-era session opened by hand."""
+    async with federation(nats_url) as fed:
+        await fed.add_server("probe", python_server("probe_server.py"))
+        async with httpx2.AsyncClient(timeout=20) as http:
+            yield fed, http, await open_session(http, fed.url)
+
+
 def _call(request_id: int, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
     return {
         "jsonrpc": "2.0",
@@ -71,16 +82,13 @@ async def test_plain_calls_take_the_lane_and_answer_as_the_sdk_path_on_the_wire(
     nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spy = Spy(monkeypatch)
-    async with federation(nats_server.url) as fed:
-        await fed.add_server("probe", python_server("probe_server.py"))
-        async with httpx2.AsyncClient(timeout=20) as http:
-            session = await open_session(http, fed.url)
-            through_lane = await _wire(http, fed.url, session)
-            assert spy.served == 2
-            with monkeypatch.context() as patch:
-                sdk_only(patch)
-                through_sdk = await _wire(http, fed.url, session)
-            assert spy.served == 2
+    async with probe_session(nats_server.url) as (fed, http, session):
+        through_lane = await _wire(http, fed.url, session)
+        assert spy.served == 2
+        with monkeypatch.context() as patch:
+            sdk_only(patch)
+            through_sdk = await _wire(http, fed.url, session)
+        assert spy.served == 2
     assert through_lane == through_sdk  # headers, priming event, result and tool error alike
     assert "retry: 1000" in through_lane[0][2]  # the priming event, with the edge's retry hint
 
@@ -113,19 +121,7 @@ async def test_the_servers_questions_are_asked_on_the_calls_stream(
     spy = Spy(monkeypatch)
     async with federation(nats_server.url) as fed:
         await fed.add_server("asker", python_server("asker.py", era=back))
-        async with Client(
-            fed.url,
-            mode="legacy",
-            elicitation_callback=on_elicit,
-            sampling_callback=on_sample,
-            list_roots_callback=on_roots,
-        ) as client:
-            greet = await client.call_tool("asker_greet", {"name": "Ada"})
-            poem = await client.call_tool("asker_poem", {"topic": "NATS"})
-            roots = await client.call_tool("asker_roots", {})
-    assert greet.structured_content == {"result": "hello Ada (confirmed=True)"}
-    assert poem.structured_content == {"result": "verse on: A poem about NATS"}
-    assert roots.structured_content == {"result": ["file:///work/project"]}
+        await ask_everything(fed.url, "legacy")
     assert spy.served == 3
     assert spy.asked == ["elicitation/create", "sampling/createMessage", "roots/list"]
 
@@ -148,42 +144,34 @@ async def test_a_client_that_goes_away_resumes_the_call_with_last_event_id(
 ) -> None:
     """Going away is no cancel in the handshake era: the call runs on and its answer is replayed."""
     spy = Spy(monkeypatch)
-    async with federation(nats_server.url) as fed:
-        await fed.add_server("probe", python_server("probe_server.py"))
-        async with httpx2.AsyncClient(timeout=20) as http:
-            session = await open_session(http, fed.url)
-            async with http.stream(
-                "POST", fed.url, json=_call(9, "probe_sleep", {"seconds": 1.5}), headers=session
-            ) as r:
-                lines = r.aiter_lines()
-                first = await anext(lines)  # the priming event's id (sent once the call runs a while)
-            assert first.startswith("id: ")
-            resume = {**session, "Accept": "text/event-stream", "last-event-id": first.removeprefix("id: ")}
-            replayed: list[dict[str, Any]] = []
-            with anyio.fail_after(10):
-                async with http.stream("GET", fed.url, headers=resume) as response:
-                    assert response.status_code == 200
-                    async for line in response.aiter_lines():
-                        if line.startswith("data: ") and line != "data: ":
-                            replayed.append(json.loads(line.removeprefix("data: ")))
-                            break
+    async with probe_session(nats_server.url) as (fed, http, session):
+        async with http.stream("POST", fed.url, json=_call(9, "probe_sleep", {"seconds": 1.5}), headers=session) as r:
+            lines = r.aiter_lines()
+            first = await anext(lines)  # the priming event's id (sent once the call runs a while)
+        assert first.startswith("id: ")
+        resume = {**session, "Accept": "text/event-stream", "last-event-id": first.removeprefix("id: ")}
+        replayed: list[dict[str, Any]] = []
+        with anyio.fail_after(10):
+            async with http.stream("GET", fed.url, headers=resume) as response:
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    if line.startswith("data: ") and line != "data: ":
+                        replayed.append(json.loads(line.removeprefix("data: ")))
+                        break
     assert spy.served == 1
     assert replayed[0]["id"] == 9 and replayed[0]["result"]["content"][0]["text"] == "slept 1.5"
 
 
 async def test_requests_the_lane_does_not_take_get_the_sdks_answer(nats_server: NatsServer) -> None:
     """Another principal's session, a stale version header, progress: the SDK's path answers."""
-    async with federation(nats_server.url) as fed:
-        await fed.add_server("probe", python_server("probe_server.py"))
-        async with httpx2.AsyncClient(timeout=20) as http:
-            session = await open_session(http, fed.url)
-            stale = {**session, "mcp-protocol-version": "2025-06-18"}
-            response = await http.post(fed.url, json=_call(3, "probe_pid", {}), headers=stale)
-            assert response.status_code in (200, 400)  # the SDK's path decides, as before the lane
-            progress = _call(4, "probe_count", {"steps": 2})
-            progress["params"]["_meta"] = {"progressToken": "p1"}
-            response = await http.post(fed.url, json=progress, headers=session)
-            assert response.text.count("notifications/progress") == 2
+    async with probe_session(nats_server.url) as (fed, http, session):
+        stale = {**session, "mcp-protocol-version": "2025-06-18"}
+        response = await http.post(fed.url, json=_call(3, "probe_pid", {}), headers=stale)
+        assert response.status_code in (200, 400)  # the SDK's path decides, as before the lane
+        progress = _call(4, "probe_count", {"steps": 2})
+        progress["params"]["_meta"] = {"progressToken": "p1"}
+        response = await http.post(fed.url, json=progress, headers=session)
+        assert response.text.count("notifications/progress") == 2
 
 
 @pytest.mark.parametrize("lane", [True, False], ids=["lane", "sdk"])
