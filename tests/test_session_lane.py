@@ -14,7 +14,7 @@ import httpx2
 import mcp_types as types
 import nats
 import pytest
-from conftest import Federation, ask_everything, federation, open_session, probe_saw_cancel, python_server
+from conftest import Federation, ask_everything, demo_server, federation, open_session, probe_saw_cancel, python_server
 from fedmcp.edge.session_lane import SessionLane, _Channel
 from fedmcp.shared.natsserver import NatsServer
 from fedmcp.shared.subjects import Subjects
@@ -68,11 +68,13 @@ def _call(request_id: int, name: str, arguments: dict[str, Any]) -> dict[str, An
     }
 
 
-async def _wire(http: httpx2.AsyncClient, url: str, session: dict[str, str]) -> list[tuple[int, dict[str, str], str]]:
-    """Status, headers that matter and body (event ids as N) of a few calls."""
+async def _wire(
+    http: httpx2.AsyncClient, url: str, session: dict[str, str], bodies: list[dict[str, Any]] | None = None
+) -> list[tuple[int, dict[str, str], str]]:
+    """Status, headers that matter and body (event ids as N) of a few requests (default: two calls)."""
     answers = []
-    for request_id, name, arguments in [(5, "probe_pid", {}), (6, "probe_fail", {"reason": "no"})]:
-        response = await http.post(url, json=_call(request_id, name, arguments), headers=session)
+    for body in bodies or [_call(5, "probe_pid", {}), _call(6, "probe_fail", {"reason": "no"})]:
+        response = await http.post(url, json=body, headers=session)
         kept = {k: v for k, v in response.headers.items() if k not in ("date", "content-length")}
         answers.append((response.status_code, kept, re.sub(r"id: \d+", "id: N", response.text)))
     return answers
@@ -222,3 +224,27 @@ async def test_a_session_that_ends_mid_call_cancels_the_call(
             async with Client(fed.url, mode="legacy") as observer:
                 await probe_saw_cancel(observer, 30)
         assert answered and '"result"' not in answered[0]  # the stream ended without an answer
+
+
+async def test_reads_take_the_lane_and_answer_as_the_sdk_path_on_the_wire(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = Spy(monkeypatch)
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("demo", demo_server())
+        async with httpx2.AsyncClient(timeout=20) as http:
+            session = await open_session(http, fed.url)
+            async with Client(fed.url, mode="legacy") as client:
+                uri = str((await client.list_resources()).resources[0].uri)
+            reads = [
+                {"jsonrpc": "2.0", "id": 7, "method": "resources/read", "params": {"uri": uri}},
+                {"jsonrpc": "2.0", "id": 8, "method": "resources/read", "params": {"uri": uri, "_meta": {"k": 1}}},
+            ]
+            through_lane = await _wire(http, fed.url, session, reads)
+            assert spy.served == 2
+            with monkeypatch.context() as patch:
+                sdk_only(patch)
+                through_sdk = await _wire(http, fed.url, session, reads)
+            assert spy.served == 2
+    assert through_lane == through_sdk
+    assert '"contents"' in through_lane[0][2]

@@ -212,6 +212,14 @@ class LaneRules:
         dumped["_meta"] = self.stamped(dumped.get("_meta"))
         return dumped
 
+    @staticmethod
+    def decoded(version: str, result: Any) -> Any:
+        """A result as the SDK's path has it: a raw one (a read's, upstream.RawResult) decoded, the
+        backing server's envelope keys taken out."""
+        if not isinstance(result, RawResult):
+            return result
+        return finish_result(version, {key: msgspec.json.decode(value) for key, value in result.fields.items()})
+
     def stamped(self, meta: Any) -> Any:
         """A result's `_meta` with this edge's `serverInfo` (a server-set one, or a non-object, is kept)."""
         if meta is None or (isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None):
@@ -394,8 +402,7 @@ class FastLane:
             return self.rules.shape(plan.version, plan.method, result)
         if result.size > RAW_FROM:
             return self._raw_pieces(plan.method, result.fields)
-        decoded = {key: msgspec.json.decode(value) for key, value in result.fields.items()}
-        return self.rules.shape(plan.version, plan.method, finish_result(plan.version, decoded))
+        return self.rules.shape(plan.version, plan.method, self.rules.decoded(plan.version, result))
 
     def _raw_pieces(self, method: str, fields: dict[str, msgspec.Raw]) -> list[Buffer]:
         """A large result as the server sent it, plus what the SDK path adds (cache hints, `resultType`,

@@ -1,5 +1,5 @@
-"""The handshake-era hot path: a plain `tools/call` of a Streamable HTTP session, served without the
-SDK's session machinery.
+"""The handshake-era hot path: a plain `tools/call` or `resources/read` of a Streamable HTTP session,
+served without the SDK's session machinery.
 
 Most clients in use speak the handshake era, and for each of their calls the SDK runs its session
 manager, the session's transport (an SSE response with its own task group, memory streams), the
@@ -19,8 +19,8 @@ The client's answer to a question (a POST of a JSON-RPC response) and its `notif
 for the call come back here (202, as the SDK answers them).
 
 It takes a request only in the common case: a known session of this principal whose version the
-request names; one `tools/call` without a progress token or extra params; a tool the caller may use
-without consent on a server without session affinity; no SEP-1699 polling configured and no spans
+request names; one `tools/call` or `resources/read` without a progress token or extra params; a tool
+the caller may use without consent (a resource it may see) on a server without session affinity; no SEP-1699 polling configured and no spans
 recorded (those keep the SDK's path, which has them). Anything else goes on to the SDK unchanged.
 """
 
@@ -39,7 +39,7 @@ import structlog
 from fedmcp.edge.auth import SCOPE_KEY
 from fedmcp.edge.clients import DEFAULT_LEVEL
 from fedmcp.edge.event_store import MemoryEventStore
-from fedmcp.edge.fastlane import CALL, SESSION_HEADER, LaneRules, Watchers, accepts, trace_parent
+from fedmcp.edge.fastlane import CALL, SESSION_HEADER, SIMPLE_PARAMS, LaneRules, Watchers, accepts, trace_parent
 from fedmcp.edge.guard import MESSAGE_KEY
 from fedmcp.edge.server import FederatedServer, Front, forward_params_of, server_request
 from fedmcp.edge.session_directory import SessionDirectory
@@ -48,6 +48,7 @@ from fedmcp.shared.frontsession import SessionRecord
 from fedmcp.shared.policy import Principal
 from mcp.server.streamable_http import EventMessage, EventStore
 from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import NAME_BEARING_METHODS
 from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, is_version_at_least
 from pydantic import ValidationError
@@ -55,7 +56,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = structlog.get_logger("fedmcp.edge.session_lane")
 
-PARAMS = frozenset(("name", "arguments", "_meta"))
 PING_INTERVAL = 15.0
 """Seconds between keepalive comments on a long call's stream (sse_starlette's default, as the SDK's)."""
 WATCH_AFTER = 0.5
@@ -218,7 +218,7 @@ class SessionLane:
         plan = self._plan(message)
         if plan is None or (session_id, plan[0]) in self._calls:
             return None  # (a request id still in flight: the SDK's path says what that is)
-        admitted = self.rules.admit(CALL, plan[1], scope, mirrored=False)
+        admitted = self.rules.admit(message["method"], plan[1], scope, mirrored=False)
         if admitted is None:
             return None
         return functools.partial(self._serve, record, principal, admitted[1], plan)
@@ -239,20 +239,20 @@ class SessionLane:
             known = self._caps[record.id] = (record, dumped)
         return known[1]
 
-    def _plan(self, message: dict[str, Any]) -> tuple[str | int, str, dict[str, Any]] | None:
-        request_id, params = message.get("id"), message.get("params")
-        if message["method"] != CALL or self.federated.sse_poll_after is not None or telemetry.recording():
+    def _plan(self, message: dict[str, Any]) -> tuple[str | int, str, dict[str, Any], str] | None:
+        method, request_id, params = message["method"], message.get("id"), message.get("params")
+        if method not in SIMPLE_PARAMS or self.federated.sse_poll_after is not None or telemetry.recording():
             return None
         if not isinstance(request_id, str | int) or isinstance(request_id, bool) or not isinstance(params, dict):
             return None
-        name, meta = params.get("name"), params.get("_meta")
-        if not PARAMS.issuperset(params) or not isinstance(name, str):
+        name, meta = params.get(NAME_BEARING_METHODS[method]), params.get("_meta")
+        if not SIMPLE_PARAMS[method].issuperset(params) or not isinstance(name, str):
             return None
         if not isinstance(params.get("arguments"), dict | None) or not isinstance(meta, dict | None):
             return None
         if meta is not None and "progressToken" in meta:
             return None
-        return request_id, name, params
+        return request_id, name, params, method
 
     # -- serving a call -------------------------------------------------------------------------
     async def _serve(
@@ -260,12 +260,12 @@ class SessionLane:
         record: SessionRecord,
         principal: Principal,
         route: Any,
-        plan: tuple[str | int, str, dict[str, Any]],
+        plan: tuple[str | int, str, dict[str, Any], str],
         scope: Scope,
         receive: Receive,
         send: Send,
     ) -> None:
-        request_id, name, params = plan
+        request_id, name, params, method = plan
         key = (record.id, request_id)
         call = self._calls[key] = _Call(record.id, request_id, send, self.events.scoped(record.id), self.retry_ms)
         try:
@@ -278,13 +278,18 @@ class SessionLane:
                 channel=_Channel(self, call),
             )
             forwarded = forward_params_of(params)
-            forwarded["name"] = route.name
+            if method == CALL:
+                forwarded["name"] = route.name
             message: types.JSONRPCMessage | None = None
             with call.scope, self._watched(call, receive), trace_parent(params.get("_meta")):
                 try:
                     await self.directory.touch(record.id)  # the session's record kept alive, as the SDK's path does
-                    result = await self.federated.forward_call(front, route, name, forwarded)
-                    shaped = self.rules.shape(record.protocol_version, CALL, result)
+                    if method == CALL:
+                        result = await self.federated.forward_call(front, route, name, forwarded)
+                    else:
+                        result = await self.federated.forward_read(front, route, forwarded)
+                    version = record.protocol_version
+                    shaped = self.rules.shape(version, method, self.rules.decoded(version, result))
                     message = types.JSONRPCResponse(jsonrpc="2.0", id=request_id, result=shaped)
                 except Exception as exc:
                     message = types.JSONRPCError(jsonrpc="2.0", id=request_id, error=_error_data(exc))
@@ -443,5 +448,5 @@ def _error_data(exc: Exception) -> types.ErrorData:
     error = handler_exception_to_error_data(exc)
     if error is not None:
         return error
-    log.exception("tools/call on the session lane raised")
+    log.exception("a call on the session lane raised")
     return types.ErrorData(code=0, message=str(exc))
