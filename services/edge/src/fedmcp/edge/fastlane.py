@@ -23,8 +23,9 @@ SDK's deferral window, and closing the connection cancels the call.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -129,6 +130,33 @@ class Watchers:
     def __init__(self) -> None:
         self.group: TaskGroup | None = None
 
+    @contextmanager
+    def after(self, delay: float, watch: Callable[[], Awaitable[None]]) -> Iterator[None]:
+        """`watch()` runs in the group if the block still runs after `delay` seconds, and is cancelled
+        when the block ends: a quicker call costs a loop timer, not a task (outside `running()`, nothing
+        watches)."""
+        group = self.group
+        if group is None:
+            yield
+            return
+        scope: list[anyio.CancelScope] = []
+        timer: asyncio.TimerHandle | None = None
+
+        def start() -> None:
+            nonlocal timer
+            timer = None
+            scope.append(anyio.CancelScope())
+            group.start_soon(_within, scope[0], watch)
+
+        timer = asyncio.get_running_loop().call_later(delay, start)
+        try:
+            yield
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if scope:  # (a cancel costs a repr of the task: only when there is a watcher)
+                scope[0].cancel()
+
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         async with anyio.create_task_group() as group:
@@ -138,6 +166,11 @@ class Watchers:
             finally:
                 self.group = None
                 group.cancel_scope.cancel()
+
+
+async def _within(scope: anyio.CancelScope, watch: Callable[[], Awaitable[None]]) -> None:
+    with scope:
+        await watch()
 
 
 class LaneRules:
@@ -347,7 +380,11 @@ class FastLane:
         with _server_span(f"{CALL} {plan.name}" if plan.method == CALL else READ, attributes, plan.meta) as span:
             # Stays None when the client went away (then the call is cancelled).
             reply: tuple[int, list[Buffer]] | None = None
-            with anyio.CancelScope() as call, self._watched(answer, receive, call):
+            # Past WATCH_AFTER a watcher cancels the call when the client goes away, and pings its stream.
+            with (
+                anyio.CancelScope() as call,
+                self.watchers.after(WATCH_AFTER, partial(answer.keep_alive, receive, call)),
+            ):
                 try:
                     if plan.method == CALL:
                         result = await federated.forward_call(front, route, plan.name, forwarded)
@@ -372,35 +409,10 @@ class FastLane:
             if reply is not None:
                 await answer.write(*reply)
 
-    @contextmanager
-    def _watched(self, answer: _Answer, receive: Receive, call: anyio.CancelScope) -> Iterator[None]:
-        """While a call runs longer than WATCH_AFTER, a watcher (in the lane's own task group) cancels it
-        when the client goes away, and pings its stream; a quicker call costs a timer, not a task."""
-        watchers = self.watchers.group
-        if watchers is None:  # not running under `Watchers.running()`: nobody can watch, the call just runs
-            yield
-            return
-
-        def watch() -> None:
-            answer.timer = None
-            answer.watch = anyio.CancelScope()
-            watchers.start_soon(answer.keep_alive, receive, call, answer.watch)
-
-        answer.timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch)
-        try:
-            yield
-        finally:
-            if answer.timer is not None:
-                answer.timer.cancel()
-            if answer.watch is not None:  # (a cancel costs a repr of the task: only when there is a watcher)
-                answer.watch.cancel()  # no more pings: the answer follows
-
     def _finish(self, plan: _Plan, result: Any) -> dict[str, Any] | list[Buffer]:
         """A forwarded call's result, or a read's: decoded and shaped as the SDK does, or for a large
         read the pieces of its raw JSON (`_raw_pieces`)."""
-        if not isinstance(result, RawResult):
-            return self.rules.shape(plan.version, plan.method, result)
-        if result.size > RAW_FROM:
+        if isinstance(result, RawResult) and result.size > RAW_FROM:
             return self._raw_pieces(plan.method, result.fields)
         return self.rules.shape(plan.version, plan.method, self.rules.decoded(plan.version, result))
 
@@ -463,15 +475,9 @@ class _Answer:
     def __init__(self, send: Send) -> None:
         self.send = send
         self.streaming = False
-        self.watch: anyio.CancelScope | None = None
-        self.timer: asyncio.TimerHandle | None = None
 
-    async def keep_alive(self, receive: Receive, call: anyio.CancelScope, watch: anyio.CancelScope) -> None:
+    async def keep_alive(self, receive: Receive, call: anyio.CancelScope) -> None:
         """Watch for the client going away (which cancels the call) and ping a long call's stream."""
-        with watch:
-            await self._keep_alive(receive, call)
-
-    async def _keep_alive(self, receive: Receive, call: anyio.CancelScope) -> None:
         wait = PING_INTERVAL - WATCH_AFTER
         while True:
             message: Message | None = None

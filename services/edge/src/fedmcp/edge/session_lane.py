@@ -26,11 +26,8 @@ recorded (those keep the SDK's path, which has them). Anything else goes on to t
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import itertools
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import anyio
@@ -39,7 +36,16 @@ import structlog
 from fedmcp.edge.auth import SCOPE_KEY
 from fedmcp.edge.clients import DEFAULT_LEVEL
 from fedmcp.edge.event_store import MemoryEventStore
-from fedmcp.edge.fastlane import CALL, SESSION_HEADER, SIMPLE_PARAMS, LaneRules, Watchers, accepts, trace_parent
+from fedmcp.edge.fastlane import (
+    CALL,
+    SESSION_HEADER,
+    SIMPLE_PARAMS,
+    WATCH_AFTER,
+    LaneRules,
+    Watchers,
+    accepts,
+    trace_parent,
+)
 from fedmcp.edge.guard import MESSAGE_KEY
 from fedmcp.edge.server import FederatedServer, Front, forward_params_of, server_request
 from fedmcp.edge.session_directory import SessionDirectory
@@ -58,9 +64,6 @@ log = structlog.get_logger("fedmcp.edge.session_lane")
 
 PING_INTERVAL = 15.0
 """Seconds between keepalive comments on a long call's stream (sse_starlette's default, as the SDK's)."""
-WATCH_AFTER = 0.5
-"""Seconds before a call gets a watcher for its client going away; until then its priming event is held
-back, so that a quick call's whole answer is one write."""
 PRIMING_FROM = "2025-11-25"
 """The first version whose clients take the priming event (an id, no data), as the SDK decides it."""
 ASK_PREFIX = "fedmcp-ask-"
@@ -73,7 +76,6 @@ class _Call:
 
     def __init__(self, session: str, request_id: str | int, send: Send, store: EventStore, retry_ms: int) -> None:
         self.session = session
-        self.request_id = request_id
         self.stream = str(request_id)
         self.send = send
         self.store = store
@@ -86,11 +88,9 @@ class _Call:
         self.done = anyio.Event()
         self.scope = anyio.CancelScope()
         self.asks: dict[str, tuple[anyio.Event, list[dict[str, Any]]]] = {}
-        self.timer: asyncio.TimerHandle | None = None
 
-    async def prime(self, version: str, headers: list[tuple[bytes, bytes]]) -> None:
-        """The stream's start: its headers, and (2025-11-25) the priming event, stored first."""
-        self.headers = headers
+    async def prime(self, version: str) -> None:
+        """The stream's first event (2025-11-25): the priming event, stored first."""
         if is_version_at_least(version, PRIMING_FROM):
             event_id = await self.store.store_event(self.stream, None)
             self.held.append(f"id: {event_id}\r\ndata: \r\nretry: {self.retry_ms}\r\n\r\n".encode())
@@ -109,7 +109,9 @@ class _Call:
         try:
             if not self.started:
                 self.started = True
-                await self.send({"type": "http.response.start", "status": 200, "headers": self.headers})
+                await self.send(
+                    {"type": "http.response.start", "status": 200, "headers": _stream_headers(self.session)}
+                )
             await self.send({"type": "http.response.body", "body": body, "more_body": more})
         except OSError:  # the client is gone (uvicorn raises for a closed transport): the call runs on
             self.gone = True
@@ -269,7 +271,7 @@ class SessionLane:
         key = (record.id, request_id)
         call = self._calls[key] = _Call(record.id, request_id, send, self.events.scoped(record.id), self.retry_ms)
         try:
-            await call.prime(record.protocol_version, _stream_headers(record.id))
+            await call.prime(record.protocol_version)
             front = Front(
                 record.protocol_version,
                 principal,
@@ -281,7 +283,10 @@ class SessionLane:
             if method == CALL:
                 forwarded["name"] = route.name
             message: types.JSONRPCMessage | None = None
-            with call.scope, self._watched(call, receive), trace_parent(params.get("_meta")):
+            # Past WATCH_AFTER the held priming event goes out, and a watcher pings the stream and notes the
+            # client leaving (which stops the writing, not the call).
+            keep_alive = functools.partial(self._keep_alive, call, receive)
+            with call.scope, self.watchers.after(WATCH_AFTER, keep_alive), trace_parent(params.get("_meta")):
                 try:
                     await self.directory.touch(record.id)  # the session's record kept alive, as the SDK's path does
                     if method == CALL:
@@ -303,40 +308,17 @@ class SessionLane:
             call.done.set()
             del self._calls[key]
 
-    @contextmanager
-    def _watched(self, call: _Call, receive: Receive) -> Iterator[None]:
-        """After WATCH_AFTER, the held priming event goes out and a watcher pings the stream and notes the
-        client leaving (which stops the writing, not the call); a quicker call costs a timer."""
-        watchers = self.watchers.group
-        assert watchers is not None
-        watch: list[anyio.CancelScope] = []
-
-        def start() -> None:
-            call.timer = None
-            watch.append(anyio.CancelScope())
-            watchers.start_soon(self._keep_alive, call, receive, watch[0])
-
-        call.timer = asyncio.get_running_loop().call_later(WATCH_AFTER, start)
-        try:
-            yield
-        finally:
-            if call.timer is not None:
-                call.timer.cancel()
-            if watch:  # (a cancel costs a repr of the task: only when there is a watcher)
-                watch[0].cancel()
-
-    async def _keep_alive(self, call: _Call, receive: Receive, watch: anyio.CancelScope) -> None:
-        with watch:
-            await call.flush(more=True)
-            while not call.gone:
-                message: Message | None = None
-                with anyio.move_on_after(PING_INTERVAL):
-                    message = await receive()
-                if message is None:
-                    call.held.append(b": ping\r\n\r\n")
-                    await call.flush(more=True)
-                elif message["type"] == "http.disconnect":
-                    call.gone = True
+    async def _keep_alive(self, call: _Call, receive: Receive) -> None:
+        await call.flush(more=True)
+        while not call.gone:
+            message: Message | None = None
+            with anyio.move_on_after(PING_INTERVAL):
+                message = await receive()
+            if message is None:
+                call.held.append(b": ping\r\n\r\n")
+                await call.flush(more=True)
+            elif message["type"] == "http.disconnect":
+                call.gone = True
 
     # -- what the client sends back -------------------------------------------------------------
     def _answer_of(self, session_id: str, message: dict[str, Any]) -> ASGIApp | None:

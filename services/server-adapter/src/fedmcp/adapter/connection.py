@@ -267,7 +267,7 @@ class BackingConnection:
                 if self._lane is not None:
                     self._lane.on_log = self._lane_log
                 if self.config.url is not None:
-                    self._http = HttpLane(self.config.url, self.config.headers, limit=chunks.DEFAULT_LIMIT)
+                    self._http = HttpLane(self.config.url, self.config.headers)
                     stack.push_async_callback(self._close_http, self._http)
                 self.state = "ready"
                 self._ready.set()
