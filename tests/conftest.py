@@ -19,7 +19,7 @@ from fedmcp.adapter.service import Adapter
 from fedmcp.edge.http import serve_http
 from fedmcp.edge.runtime import Edge, edge_runtime
 from fedmcp.manager.main import run_manager
-from fedmcp.shared import bus
+from fedmcp.shared import bus, telemetry
 from fedmcp.shared.config import BackingServer
 from fedmcp.shared.natsserver import NatsServer, free_port
 from fedmcp.shared.ops_http import bind
@@ -114,6 +114,13 @@ def http_server(script: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture
+def spans_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The services as they run with no tracer provider: the lanes that stand aside while spans are
+    recorded take their calls. (A provider, once installed by test_tracing.py, stays for the process.)"""
+    monkeypatch.setattr(telemetry, "recording", lambda: False)
 
 
 @pytest.fixture

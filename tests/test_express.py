@@ -19,7 +19,7 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def express_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+def express_calls(monkeypatch: pytest.MonkeyPatch, spans_off: None) -> Iterator[list[str]]:
     """The methods the express path took (a spy on the real `_express`)."""
     taken: list[str] = []
     real = Adapter._express

@@ -20,7 +20,7 @@ from fedmcp.shared.natsserver import NatsServer
 from fedmcp.shared.subjects import Subjects
 from mcp import Client
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("spans_off")]
 
 
 class Spy:

@@ -3,6 +3,8 @@ they exist: `mcp.server.operation.duration` -> `mcp_server_operation_duration_se
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -76,3 +78,22 @@ def outcome(error_code: int | None) -> str:
 def labelled(metric: Any, *values: str) -> Any:
     """`metric.labels(*values)`, remembered: the per-call paths look the same few children up each time."""
     return metric.labels(*values)
+
+
+_counted: dict[int, list[weakref.WeakMethod[Callable[[], int]]]] = {}
+
+
+def count_from(gauge: Any, read: Callable[[], int]) -> None:
+    """`gauge` (a child, or an unlabelled gauge) reads its value at scrape time: the sum of every live
+    `read` (a bound method) registered for it. An in-flight count kept as a plain int this way costs
+    the per-call paths nothing, where `inc()`/`dec()` take a lock twice per call."""
+    reads = _counted.get(id(gauge))
+    if reads is None:
+        reads = _counted[id(gauge)] = []
+
+        def total() -> float:
+            reads[:] = [ref for ref in reads if ref() is not None]
+            return float(sum(method() for ref in reads if (method := ref()) is not None))
+
+        gauge.set_function(total)
+    reads.append(weakref.WeakMethod(read))

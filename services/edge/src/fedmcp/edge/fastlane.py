@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from functools import partial
 from typing import Any
 
@@ -367,17 +367,10 @@ class FastLane:
         federated = self.federated
         front = Front(plan.version, principal, plan.meta[CLIENT_CAPABILITIES_META_KEY])
         forwarded = forward_params_of(plan.params)
-        attributes: dict[str, Any] = {
-            "mcp.method.name": plan.method,
-            "mcp.protocol.version": plan.version,
-            "jsonrpc.request.id": str(plan.request_id),
-            "network.transport": "tcp",
-        }
         if plan.method == CALL:
             forwarded["name"] = route.name
-            attributes |= {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": plan.name}
         answer = _Answer(send)
-        with _server_span(f"{CALL} {plan.name}" if plan.method == CALL else READ, attributes, plan.meta) as span:
+        with _server_span(plan) as span:
             # Stays None when the client went away (then the call is cancelled).
             reply: tuple[int, list[Buffer]] | None = None
             # Past WATCH_AFTER a watcher cancels the call when the client goes away, and pings its stream.
@@ -437,36 +430,55 @@ class FastLane:
         return [b"{", *pieces, b"}"]
 
 
-@contextmanager
-def _server_span(name: str, attributes: dict[str, Any], meta: dict[str, Any]) -> Iterator[Span]:
+def _server_span(plan: _Plan) -> AbstractContextManager[Span]:
     """The SDK's SERVER span, its parent taken from the envelope's trace context; when nothing records
     spans, only that context is made current (so it still travels on to the backing server)."""
-    if telemetry.recording():
-        with _tracer.start_as_current_span(
-            name,
-            kind=SpanKind.SERVER,
-            attributes=attributes,
-            context=extract_trace_context(meta),
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            yield span
-        return
-    with trace_parent(meta):
-        yield trace.INVALID_SPAN
+    if not telemetry.recording():
+        return trace_parent(plan.meta)
+    attributes: dict[str, Any] = {
+        "mcp.method.name": plan.method,
+        "mcp.protocol.version": plan.version,
+        "jsonrpc.request.id": str(plan.request_id),
+        "network.transport": "tcp",
+    }
+    if plan.method == CALL:
+        attributes |= {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": plan.name}
+    return _tracer.start_as_current_span(
+        f"{CALL} {plan.name}" if plan.method == CALL else READ,
+        kind=SpanKind.SERVER,
+        attributes=attributes,
+        context=extract_trace_context(plan.meta),
+        record_exception=False,
+        set_status_on_exception=False,
+    )
 
 
-@contextmanager
-def trace_parent(meta: dict[str, Any] | None) -> Iterator[None]:
-    """The client's trace context from `_meta` made current, so that it travels on to the backing
-    server when this edge records no spans of its own."""
-    parent = extract_trace_context(meta) if meta and headers.TRACEPARENT in meta else None
-    token = otel_context.attach(parent) if parent is not None else None
-    try:
-        yield
-    finally:
-        if token is not None:
-            otel_context.detach(token)
+def trace_parent(meta: dict[str, Any] | None) -> AbstractContextManager[Span]:
+    """The client's trace context from `_meta` made current for a block, so that it travels on to the
+    backing server when this edge records no spans of its own (the block gets no span)."""
+    if not meta or headers.TRACEPARENT not in meta:
+        return _NO_SPAN
+    parent = extract_trace_context(meta)
+    return _NO_SPAN if parent is None else _Parent(parent)
+
+
+_NO_SPAN = nullcontext(trace.INVALID_SPAN)
+"""(A plain call carries no trace context: one reusable context manager, no generator per call.)"""
+
+
+class _Parent:
+    __slots__ = ("context", "token")
+
+    def __init__(self, context: otel_context.Context) -> None:
+        self.context = context
+        self.token: object = None
+
+    def __enter__(self) -> Span:
+        self.token = otel_context.attach(self.context)
+        return trace.INVALID_SPAN
+
+    def __exit__(self, *exc: object) -> None:
+        otel_context.detach(self.token)  # type: ignore[arg-type]
 
 
 class _Answer:

@@ -255,6 +255,8 @@ class FederatedServer:
         (with a retry hint) while the call goes on; None never closes it."""
         self.sealer = sealer or Sealer()
         self.upstream = upstream
+        self._forwarding = 0
+        metrics.count_from(metrics.EDGE_INFLIGHT, self._forwarding_now)
         self.pins = Pins(upstream)
         """Front sessions pinned to the instance holding their own backing session (affinity = "session");
         the runtime binds it to the region's pins bucket."""
@@ -438,7 +440,7 @@ class FederatedServer:
         tool = str(params.get("name", "")) if method == "tools/call" else ""
         started = time.perf_counter()
         code: int | None = None
-        metrics.EDGE_INFLIGHT.inc()
+        self._forwarding += 1
         try:
             # Only handshake-era requests through the SDK can poll (the fast lane's never do).
             polling = self._polling(front.ctx) if front.ctx is not None and not front.modern else nullcontext()
@@ -448,10 +450,13 @@ class FederatedServer:
             code = exc.error.code
             raise
         finally:
-            metrics.EDGE_INFLIGHT.dec()
+            self._forwarding -= 1
             metrics.labelled(metrics.SERVER_DURATION, server, method, tool, metrics.outcome(code)).observe(
                 time.perf_counter() - started
             )
+
+    def _forwarding_now(self) -> int:
+        return self._forwarding
 
     @asynccontextmanager
     async def _polling(self, ctx: ServerRequestContext[Any, Any]) -> AsyncIterator[None]:

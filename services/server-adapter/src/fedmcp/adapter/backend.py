@@ -167,11 +167,13 @@ class Backend:
     def _pool_choice(self, front_version: str | None) -> tuple[BackingConnection, bool]:
         """The least busy connected session of the pool, and whether `front_version` wants the
         handshake-era companion instead (a handshake-era client of a 2026-07-28 session, when configured)."""
-        primary = min(
-            (s for s in (self.primary, *self.extra) if s.client is not None),
-            key=lambda s: len(s.in_flight),
-            default=self.primary,
-        )
+        primary = self.primary
+        if self.extra:
+            primary = min(
+                (s for s in (self.primary, *self.extra) if s.client is not None),
+                key=lambda s: len(s.in_flight),
+                default=self.primary,
+            )
         companion = self.config.era_companion
         if companion is None:
             companion = self.config.url is not None

@@ -148,6 +148,7 @@ class Adapter:
         self.pinned = PinnedSessions(name, config) if config.affinity == "session" else None
         """With affinity "session": the backing sessions of one front session each."""
         self._inflight = 0
+        metrics.count_from(metrics.labelled(metrics.ADAPTER_INFLIGHT, name), self._inflight_now)
         self._events = 0
         """Resource updates published, for their event ids."""
         self._idle = anyio.Event()
@@ -237,6 +238,9 @@ class Adapter:
         if not self._express(msg):
             self._tg.start_soon(self._serve, msg)
 
+    def _inflight_now(self) -> int:
+        return self._inflight
+
     def _finished(self) -> None:
         self._inflight -= 1
         if self._inflight == 0:
@@ -284,7 +288,6 @@ class Adapter:
             self._accept_later(call, accept_by)
         else:
             self._accept(call)
-        metrics.labelled(metrics.ADAPTER_INFLIGHT, self.name).inc()
         done = functools.partial(self._answered, msg.reply, call, request, time.perf_counter())
         hooks = CallHooks(
             sink=functools.partial(self._sink, call),
@@ -323,7 +326,6 @@ class Adapter:
         """An express call's outcome (None: the edge cancelled it, nothing to answer)."""
         try:
             self._scopes.pop(key, None)
-            metrics.labelled(metrics.ADAPTER_INFLIGHT, self.name).dec()
             if outcome is None:
                 self._settle(call, accepted=False)
                 log.info("call cancelled by the client", server=self.name)
@@ -566,11 +568,7 @@ class Adapter:
         self, request: jsonrpc.Request, call: _Call, hdrs: dict[str, str], pin: Pinned | None = None, *, first: bool
     ) -> bytes:
         started = time.perf_counter()
-        metrics.labelled(metrics.ADAPTER_INFLIGHT, self.name).inc()
-        try:
-            body, code = await self._forward_measured(request, call, hdrs, pin, first)
-        finally:
-            metrics.labelled(metrics.ADAPTER_INFLIGHT, self.name).dec()
+        body, code = await self._forward_measured(request, call, hdrs, pin, first)
         metrics.labelled(metrics.CLIENT_DURATION, self.name, request.method, metrics.outcome(code)).observe(
             time.perf_counter() - started
         )
