@@ -8,9 +8,12 @@ from pathlib import Path
 import anyio
 import pytest
 from fedmcp.shared import bus
-from fedmcp.shared.inline import Inline
+from fedmcp.shared.inline import Inline, plain_headers
 from fedmcp.shared.natsserver import NatsServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nats import errors
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 pytestmark = pytest.mark.anyio
@@ -185,3 +188,25 @@ def _setter(event: anyio.Event):  # type: ignore[no-untyped-def]
         event.set()
 
     return cb
+
+
+_HEADER_TEXT = st.text(alphabet=st.sampled_from(list("aZ9-_:;. \t\x0b\x0c\x1c\x1f\r\né")), max_size=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(_HEADER_TEXT, _HEADER_TEXT), max_size=6), st.sampled_from(["", "\r\n", " 503", "\r\n\r\n"]))
+def test_plain_header_blocks_parse_as_nats_py_parses_them(lines: list[tuple[str, str]], tail: str) -> None:
+    """Names and values with every kind of whitespace, colons, stray CR/LF, non-ASCII: where the fast
+    parser takes a block it gives what nats-py gives; the blocks it declines go to nats-py."""
+    block = ("NATS/1.0\r\n" + "".join(f"{name}:{value}\r\n" for name, value in lines) + tail).encode()
+    expected = anyio.run(NATS()._process_headers, block)
+    parsed = plain_headers(block)
+    if parsed is None:
+        assert not block.isascii()
+    else:
+        assert (parsed or None) == expected
+
+
+async def test_a_status_block_is_left_to_nats_py() -> None:
+    assert plain_headers(b"NATS/1.0 503\r\n\r\n") is None
+    assert plain_headers(b"NATS/1.0\r\nKey: v\r\n\r\n") == {"Key": "v"}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from fedmcp.shared.headers import TRACEPARENT
 from opentelemetry import baggage, context, propagate, trace
@@ -79,8 +79,11 @@ def configure(service: str, *, region: str = "local", instance: str = "") -> Tra
 
 def inject(headers: dict[str, str]) -> None:
     """Write the current trace context (W3C traceparent/tracestate, baggage) into NATS headers."""
-    if trace.get_current_span().get_span_context().is_valid or baggage.get_all():
-        propagate.inject(headers)
+    current = context.get_current()
+    if not current:  # nothing attached (no span, no baggage): the common call, checked in one step
+        return
+    if trace.get_current_span(current).get_span_context().is_valid or baggage.get_all(current):
+        propagate.inject(headers, context=current)
 
 
 def _messaging(operation: str, destination: str, server: str) -> dict[str, str]:
@@ -92,21 +95,30 @@ def _messaging(operation: str, destination: str, server: str) -> dict[str, str]:
     }
 
 
-@contextmanager
-def producer(destination: str, server: str) -> Iterator[Span]:
+NO_SPAN = nullcontext(trace.INVALID_SPAN)
+"""What the per-call paths enter when there is no span to make and no context to carry: one reusable
+context manager instead of a generator per call."""
+
+
+def producer(destination: str, server: str) -> AbstractContextManager[Span]:
     if not recording():
-        yield trace.INVALID_SPAN
-        return
+        return NO_SPAN
     attributes = _messaging("send", destination, server)
-    with tracer.start_as_current_span(f"send {destination}", kind=SpanKind.PRODUCER, attributes=attributes) as span:
-        yield span
+    return tracer.start_as_current_span(f"send {destination}", kind=SpanKind.PRODUCER, attributes=attributes)
 
 
-@contextmanager
-def consumer(headers: Mapping[str, str] | None, destination: str, server: str) -> Iterator[Span]:
+def consumer(headers: Mapping[str, str] | None, destination: str, server: str) -> AbstractContextManager[Span]:
     """A span continuing the sender's trace (made current, not copied, so SDK spans nest under it)."""
     # Nothing to continue without a traceparent (baggage travels only with one): skip the propagators.
-    token = context.attach(propagate.extract(dict(headers))) if headers and TRACEPARENT in headers else None
+    carried = bool(headers) and headers is not None and TRACEPARENT in headers
+    if not carried and not recording():
+        return NO_SPAN
+    return _consumer(headers if carried else None, destination, server)
+
+
+@contextmanager
+def _consumer(headers: Mapping[str, str] | None, destination: str, server: str) -> Iterator[Span]:
+    token = context.attach(propagate.extract(dict(headers))) if headers is not None else None
     try:
         if not recording():
             yield trace.INVALID_SPAN

@@ -23,8 +23,8 @@ SDK's deferral window, and closing the connection cancels the call.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from functools import partial
 from typing import Any
 
@@ -130,32 +130,11 @@ class Watchers:
     def __init__(self) -> None:
         self.group: TaskGroup | None = None
 
-    @contextmanager
-    def after(self, delay: float, watch: Callable[[], Awaitable[None]]) -> Iterator[None]:
+    def after(self, delay: float, watch: Callable[[], Awaitable[None]]) -> AbstractContextManager[None]:
         """`watch()` runs in the group if the block still runs after `delay` seconds, and is cancelled
         when the block ends: a quicker call costs a loop timer, not a task (outside `running()`, nothing
         watches)."""
-        group = self.group
-        if group is None:
-            yield
-            return
-        scope: list[anyio.CancelScope] = []
-        timer: asyncio.TimerHandle | None = None
-
-        def start() -> None:
-            nonlocal timer
-            timer = None
-            scope.append(anyio.CancelScope())
-            group.start_soon(_within, scope[0], watch)
-
-        timer = asyncio.get_running_loop().call_later(delay, start)
-        try:
-            yield
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if scope:  # (a cancel costs a repr of the task: only when there is a watcher)
-                scope[0].cancel()
+        return _NOBODY if self.group is None else _Watch(self.group, delay, watch)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -166,6 +145,36 @@ class Watchers:
             finally:
                 self.group = None
                 group.cancel_scope.cancel()
+
+
+_NOBODY = nullcontext()
+
+
+class _Watch:
+    """A block watched by `Watchers.after` (a class, not a generator: every call enters one)."""
+
+    __slots__ = ("delay", "group", "scope", "timer", "watch")
+
+    def __init__(self, group: TaskGroup, delay: float, watch: Callable[[], Awaitable[None]]) -> None:
+        self.group = group
+        self.delay = delay
+        self.watch = watch
+        self.timer: asyncio.TimerHandle | None = None
+        self.scope: anyio.CancelScope | None = None
+
+    def __enter__(self) -> None:
+        self.timer = asyncio.get_running_loop().call_later(self.delay, self._start)
+
+    def _start(self) -> None:
+        self.timer = None
+        self.scope = anyio.CancelScope()
+        self.group.start_soon(_within, self.scope, self.watch)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.scope is not None:  # (a cancel costs a repr of the task: only when there is a watcher)
+            self.scope.cancel()
 
 
 async def _within(scope: anyio.CancelScope, watch: Callable[[], Awaitable[None]]) -> None:
@@ -457,13 +466,9 @@ def trace_parent(meta: dict[str, Any] | None) -> AbstractContextManager[Span]:
     """The client's trace context from `_meta` made current for a block, so that it travels on to the
     backing server when this edge records no spans of its own (the block gets no span)."""
     if not meta or headers.TRACEPARENT not in meta:
-        return _NO_SPAN
+        return telemetry.NO_SPAN
     parent = extract_trace_context(meta)
-    return _NO_SPAN if parent is None else _Parent(parent)
-
-
-_NO_SPAN = nullcontext(trace.INVALID_SPAN)
-"""(A plain call carries no trace context: one reusable context manager, no generator per call.)"""
+    return telemetry.NO_SPAN if parent is None else _Parent(parent)
 
 
 class _Parent:

@@ -136,16 +136,18 @@ class RequestGuard:
         raw = scope["headers"]
         if len(raw) > self.max_headers:
             return 431, f"Request Header Fields Too Large: more than {self.max_headers} headers"
-        if sum(len(k) + len(v) for k, v in raw) > self.max_header_bytes:
-            return 431, f"Request Header Fields Too Large: more than {self.max_header_bytes} bytes of headers"
-        if scope["path"].rstrip("/") not in self.paths or not self.security.enable_dns_rebinding_protection:
-            return None
+        size = 0
         host = origin = None
         for key, value in raw:  # the first of each, as Starlette's Headers.get
+            size += len(key) + len(value)
             if key == b"host" and host is None:
                 host = value.decode("latin-1")
             elif key == b"origin" and origin is None:
                 origin = value.decode("latin-1")
+        if size > self.max_header_bytes:
+            return 431, f"Request Header Fields Too Large: more than {self.max_header_bytes} bytes of headers"
+        if scope["path"].rstrip("/") not in self.paths or not self.security.enable_dns_rebinding_protection:
+            return None
         # The SDK's own checks (exact, or `name:*` for any port), plus `*` for "any".
         if ANY not in self.security.allowed_hosts and not self._sdk._validate_host(host):
             return 421, "Misdirected Request: this Host is not served here"
@@ -164,12 +166,17 @@ class RequestGuard:
         await self.app(scope, receive, send)
 
 
+_OWS = (b" ", b"\t")
+
+
 def trim_header_values(scope: Scope) -> None:
     """Header values without the whitespace around them (RFC 9110 5.5), whichever HTTP parser
     uvicorn runs: h11 strips it, httptools keeps it, and both the edge and the SDK compare values."""
     raw = scope["headers"]
-    if any(v != v.strip(b" \t") for _, v in raw):
-        scope["headers"] = [(k, v.strip(b" \t")) for k, v in raw]
+    for _, value in raw:
+        if value[:1] in _OWS or value[-1:] in _OWS:
+            scope["headers"] = [(k, v.strip(b" \t")) for k, v in raw]
+            return
 
 
 class JsonRpcGuard:
