@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import ssl as _ssl
@@ -56,9 +57,15 @@ class _Uvicorn(uvicorn.Server):
 
 
 async def serve_asgi(
-    app: ASGIApp, sock: socket.socket, *, stop: anyio.Event, ssl: _ssl.SSLContext | None = None
+    app: ASGIApp,
+    sock: socket.socket,
+    *,
+    stop: anyio.Event,
+    ssl: _ssl.SSLContext | None = None,
+    http: type[asyncio.Protocol] | str = "auto",
 ) -> None:
-    """Serve `app` on `sock` until `stop`; HTTPS with `ssl` (fedmcp.shared.tls.server_context)."""
+    """Serve `app` on `sock` until `stop`; HTTPS with `ssl` (fedmcp.shared.tls.server_context);
+    `http`: uvicorn's HTTP protocol (a name or a class)."""
 
     def use_context(config: uvicorn.Config, default: Callable[[], _ssl.SSLContext]) -> _ssl.SSLContext:
         assert ssl is not None
@@ -69,6 +76,7 @@ async def serve_asgi(
 
     config = uvicorn.Config(
         app,
+        http=http,
         log_level="warning",
         lifespan="on",
         access_log=False,

@@ -15,6 +15,7 @@ from fedmcp.edge.consent_page import link as consent_link
 from fedmcp.edge.event_store import MemoryEventStore
 from fedmcp.edge.fastlane import FastLane, LaneRules, Watchers
 from fedmcp.edge.guard import JsonRpcGuard, RequestGuard, sdk_security, transport_security
+from fedmcp.edge.http_protocol import CoalescingHttpToolsProtocol
 from fedmcp.edge.legacy_sse import MESSAGES_PATH, SSE_PATH, legacy_sse_routes
 from fedmcp.edge.runtime import Edge
 from fedmcp.edge.session_lane import SessionLane
@@ -144,7 +145,7 @@ async def serve_http(
         anonymous=anonymous,
         public_url=endpoint(sock, "", tls=ssl is not None),
     )
-    await serve_asgi(app, sock, stop=stop, ssl=ssl)
+    await serve_asgi(app, sock, stop=stop, ssl=ssl, http=CoalescingHttpToolsProtocol)
 
 
 @asynccontextmanager
