@@ -189,6 +189,28 @@ async def test_an_idle_session_costs_no_transport_and_is_adopted_again(
             assert fed.edge.directory.records[session_id].log_level == "warning"
 
 
+async def test_a_request_that_meets_the_local_copy_going_idle_is_served(nats_server: NatsServer) -> None:
+    """The edge's copy of a session is dropped after LOCAL_IDLE; a request arriving as the drop begins
+    (the copy's idle scope cancelled, its task not yet unwound) is the session's, which lives on in the
+    directory: it is served by a copy adopted again, not answered 404 "terminated"."""
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("demo", demo_server())
+        assert fed.edge is not None
+        held = fed.edge.http_sessions._server_instances
+        async with httpx2.AsyncClient(timeout=20) as client:
+            session = await open_session(client, fed.url)
+            (session_id,) = held
+            going = held[session_id]
+            assert going.idle_scope is not None
+            going.idle_scope.cancel()  # what the idle timeout does when it fires
+            listing = {"jsonrpc": "2.0", "id": 7, "method": "tools/list"}  # (not the session lane's: the SDK's)
+            answer = await client.post(fed.url, json=listing, headers=session)
+            assert answer.status_code == 200, answer.text
+            assert "demo_add" in answer.text
+            assert held.get(session_id) is not None and held[session_id] is not going
+            assert session_id in fed.edge.directory.records
+
+
 async def test_a_deleted_session_ends_its_get_stream_on_the_edge_that_deleted_it(nats_server: NatsServer) -> None:
     async with federation(nats_server.url) as fed:
         await fed.add_server("demo", demo_server())

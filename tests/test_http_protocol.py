@@ -110,24 +110,24 @@ async def test_a_streamed_body_arrives_whole_and_in_order() -> None:
     ]
 
 
+async def _exchange(url: str, request: bytes) -> bytes:
+    """Everything the server sends for `request` on a raw connection, until it closes it."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        raw.sendall(request)
+        received = b""
+        while chunk := await anyio.to_thread.run_sync(raw.recv, 65536):
+            received += chunk
+    return received
+
+
 async def test_a_closing_answer_is_sent_before_the_connection_closes() -> None:
     async with _server() as url:
-        WRITES.clear()
-        host, port = url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=5) as raw:
-            raw.sendall(b"GET /close HTTP/1.1\r\nHost: x\r\n\r\n")
-            received = b""
-            while chunk := await anyio.to_thread.run_sync(raw.recv, 65536):
-                received += chunk
+        received = await _exchange(url, b"GET /close HTTP/1.1\r\nHost: x\r\n\r\n")
     assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"\r\n\r\nbye")
 
 
 async def test_uvicorns_own_answer_to_a_bad_request_still_goes_out() -> None:
     async with _server() as url:
-        host, port = url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=5) as raw:
-            raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")
-            received = b""
-            while chunk := await anyio.to_thread.run_sync(raw.recv, 65536):
-                received += chunk
+        received = await _exchange(url, b"NOT HTTP AT ALL\r\n\r\n")
     assert received.startswith(b"HTTP/1.1 400 Bad Request\r\n")

@@ -101,6 +101,11 @@ class FederatedSessionManager(StreamableHTTPSessionManager):
         if record is not None and scope["method"] == "GET" and (last_event_id is None or feed_seq(last_event_id)):
             await self._serve_feed(record, feed_seq(last_event_id), request, send)
             return
+        local = self._server_instances.get(session_id)
+        if record is not None and local is not None and local.idle_scope is not None and local.idle_scope.cancel_called:
+            # The local copy is being dropped for idleness (LOCAL_IDLE), which the SDK would answer as a
+            # terminated session: the session lives on in the directory, so a fresh copy serves it.
+            await self._discard_session(session_id, local)
         if record is not None and session_id not in self._server_instances:
             await self._adopt(record)
         await super()._handle_stateful_request(scope, receive, send)
@@ -114,6 +119,16 @@ class FederatedSessionManager(StreamableHTTPSessionManager):
             # (event_store.py). tests/test_sse_polling.py fails if this stops taking effect.
             transport._event_store = self._events_of(transport.mcp_session_id)
         return transport
+
+    async def _discard_session(self, session_id: str, transport: StreamableHTTPServerTransport) -> None:
+        """As the SDK's, except that a copy adopted since, under the same id, stays (the old copy's task
+        discards it again as it ends)."""
+        if self._server_instances.get(session_id) not in (None, transport):
+            if not transport.is_terminated:
+                with anyio.CancelScope(shield=True):
+                    await transport.terminate()
+            return
+        await super()._discard_session(session_id, transport)
 
     def _events_of(self, session_id: str) -> EventStore | None:
         store = self.event_store
