@@ -92,8 +92,9 @@ def count_from(gauge: Any, read: Callable[[], int]) -> None:
         reads = _counted[id(gauge)] = []
 
         def total() -> float:
-            reads[:] = [ref for ref in reads if ref() is not None]
-            return float(sum(method() for ref in reads if (method := ref()) is not None))
+            live = [(ref, method) for ref in reads if (method := ref()) is not None]
+            reads[:] = [ref for ref, _ in live]
+            return float(sum(method() for _, method in live))
 
         gauge.set_function(total)
     reads.append(weakref.WeakMethod(read))

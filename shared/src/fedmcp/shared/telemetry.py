@@ -110,27 +110,38 @@ def producer(destination: str, server: str) -> AbstractContextManager[Span]:
 def consumer(headers: Mapping[str, str] | None, destination: str, server: str) -> AbstractContextManager[Span]:
     """A span continuing the sender's trace (made current, not copied, so SDK spans nest under it)."""
     # Nothing to continue without a traceparent (baggage travels only with one): skip the propagators.
-    carried = bool(headers) and headers is not None and TRACEPARENT in headers
-    if not carried and not recording():
-        return NO_SPAN
-    return _consumer(headers if carried else None, destination, server)
+    parent = propagate.extract(dict(headers)) if headers is not None and TRACEPARENT in headers else None
+    if not recording():
+        return NO_SPAN if parent is None else Attached(parent)
+    return _consumer(parent, destination, server)
 
 
 @contextmanager
-def _consumer(headers: Mapping[str, str] | None, destination: str, server: str) -> Iterator[Span]:
-    token = context.attach(propagate.extract(dict(headers))) if headers is not None else None
-    try:
-        if not recording():
-            yield trace.INVALID_SPAN
-            return
+def _consumer(parent: context.Context | None, destination: str, server: str) -> Iterator[Span]:
+    with NO_SPAN if parent is None else Attached(parent):
         attributes = _messaging("process", destination, server)
         with tracer.start_as_current_span(
             f"process {destination}", kind=SpanKind.CONSUMER, attributes=attributes
         ) as span:
             yield span
-    finally:
-        if token is not None:
-            context.detach(token)
+
+
+class Attached:
+    """`context` made current for a block, which gets no span of its own (what carries a trace on
+    across a hop that records none)."""
+
+    __slots__ = ("context", "token")
+
+    def __init__(self, ctx: context.Context) -> None:
+        self.context = ctx
+        self.token: object = None
+
+    def __enter__(self) -> Span:
+        self.token = context.attach(self.context)
+        return trace.INVALID_SPAN
+
+    def __exit__(self, *exc: object) -> None:
+        context.detach(self.token)  # type: ignore[arg-type]
 
 
 def event(name: str, attributes: Mapping[str, str]) -> None:

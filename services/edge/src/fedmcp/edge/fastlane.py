@@ -69,7 +69,6 @@ from mcp_types import (
 )
 from mcp_types import methods as sdk_methods
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, StatusCode
 from pydantic import ValidationError
@@ -468,22 +467,7 @@ def trace_parent(meta: dict[str, Any] | None) -> AbstractContextManager[Span]:
     if not meta or headers.TRACEPARENT not in meta:
         return telemetry.NO_SPAN
     parent = extract_trace_context(meta)
-    return telemetry.NO_SPAN if parent is None else _Parent(parent)
-
-
-class _Parent:
-    __slots__ = ("context", "token")
-
-    def __init__(self, context: otel_context.Context) -> None:
-        self.context = context
-        self.token: object = None
-
-    def __enter__(self) -> Span:
-        self.token = otel_context.attach(self.context)
-        return trace.INVALID_SPAN
-
-    def __exit__(self, *exc: object) -> None:
-        otel_context.detach(self.token)  # type: ignore[arg-type]
+    return telemetry.NO_SPAN if parent is None else telemetry.Attached(parent)
 
 
 class _Answer:
