@@ -220,9 +220,37 @@ async def test_a_deleted_session_ends_its_get_stream_on_the_edge_that_deleted_it
             async with client.stream("GET", fed.url, headers=listen) as stream:
                 assert stream.status_code == 200
                 assert (await client.delete(fed.url, headers=session)).status_code == 200
-                # The stream ends: the edge cuts it (as every other edge does when the deletion reaches it).
-                with anyio.fail_after(10), pytest.raises(httpx2.RemoteProtocolError):
+                # The stream ends, and cleanly: its last chunk is sent (as on every other edge when the
+                # deletion reaches it), so the client sees an end, not a broken connection.
+                with anyio.fail_after(10):
                     async for _ in stream.aiter_bytes():
                         pass
             again = await client.post(fed.url, json={"jsonrpc": "2.0", "id": 9, "method": "ping"}, headers=session)
             assert again.status_code == 404
+
+
+async def test_a_reconnected_get_stream_ends_the_older_one_cleanly(nats_server: NatsServer) -> None:
+    """A client that opens the session's GET stream again (a plain one, or a resume with Last-Event-ID)
+    replaces its older stream; that one ends with its last chunk, and the newer one carries on."""
+    async with federation(nats_server.url) as fed:
+        await fed.add_server("demo", demo_server())
+        async with httpx2.AsyncClient(timeout=20) as client:
+            session = await open_session(client, fed.url)
+            listen = {**session, "Accept": "text/event-stream"}
+            async with client.stream("GET", fed.url, headers=listen) as first:
+                assert first.status_code == 200
+                resume = {**listen, "Last-Event-ID": "f-1"}
+                async with client.stream("GET", fed.url, headers=resume) as second:
+                    assert second.status_code == 200
+                    with anyio.fail_after(10):
+                        async for _ in first.aiter_bytes():
+                            pass
+                    async with client.stream("GET", fed.url, headers=listen) as third:
+                        assert third.status_code == 200
+                        with anyio.fail_after(10):
+                            async for _ in second.aiter_bytes():
+                                pass
+                        assert (await client.delete(fed.url, headers=session)).status_code == 200
+                        with anyio.fail_after(10):
+                            async for _ in third.aiter_bytes():
+                                pass

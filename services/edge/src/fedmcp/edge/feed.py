@@ -127,23 +127,30 @@ class Feed:
         """Missed events first (listening began before `last` was read, so nothing falls in between),
         then live ones past them."""
         async with out:
-            with anyio.fail_after(TIMEOUT):
-                last = (await self.js.stream_info(self.stream)).state.last_seq
-            seq = after + 1
-            while seq <= last:
-                try:
-                    with anyio.fail_after(TIMEOUT):
-                        raw = await self.js.get_msg(
-                            self.stream, seq=seq, subject=self.subjects.feed_all(self.region), next=True, direct=True
-                        )
-                except NotFoundError:
-                    break
-                if raw.seq is None or raw.seq > last:
-                    break
-                event = self._event(raw.subject or "", raw.seq, raw.data or b"")
-                if event is not None:
-                    await out.send(event)
-                seq = raw.seq + 1
-            async for event in live:
-                if event.seq > last:
-                    await out.send(event)
+            try:
+                with anyio.fail_after(TIMEOUT):
+                    last = (await self.js.stream_info(self.stream)).state.last_seq
+                seq = after + 1
+                while seq <= last:
+                    try:
+                        with anyio.fail_after(TIMEOUT):
+                            raw = await self.js.get_msg(
+                                self.stream,
+                                seq=seq,
+                                subject=self.subjects.feed_all(self.region),
+                                next=True,
+                                direct=True,
+                            )
+                    except NotFoundError:
+                        break
+                    if raw.seq is None or raw.seq > last:
+                        break
+                    event = self._event(raw.subject or "", raw.seq, raw.data or b"")
+                    if event is not None:
+                        await out.send(event)
+                    seq = raw.seq + 1
+                async for event in live:
+                    if event.seq > last:
+                        await out.send(event)
+            except anyio.BrokenResourceError:
+                return  # the GET stream reading `out` ended

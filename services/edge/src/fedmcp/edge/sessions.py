@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import structlog
 from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream
 from fedmcp.edge.clients import LIST_CHANGED, connection_of
 from fedmcp.edge.event_store import MemoryEventStore
 from fedmcp.edge.feed import LIST, Feed, FeedEvent
@@ -83,7 +84,9 @@ class FederatedSessionManager(StreamableHTTPSessionManager):
         self.feed = feed
         self.principal = principal
         self.closed = closed
-        self._feeds: dict[str, anyio.CancelScope] = {}
+        self._feeds: dict[str, MemoryObjectReceiveStream[FeedEvent]] = {}
+        """The open GET stream of each session on this edge, by the feed stream it reads: closing that
+        ends the response cleanly (its last chunk sent), where a cancel would cut the connection."""
         directory.on_removed(self._forget)
 
     async def _handle_stateful_request(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -165,10 +168,8 @@ class FederatedSessionManager(StreamableHTTPSessionManager):
             await self.closed(session_id)
 
     async def _forget(self, session_id: str) -> None:
-        """The session ended on some edge: drop this edge's copy and GET stream."""
-        scope = self._feeds.pop(session_id, None)
-        if scope is not None:
-            scope.cancel()
+        """The session ended on some edge: drop this edge's copy and end its GET stream."""
+        self._end_feed(session_id)
         transport = self._server_instances.get(session_id)
         if transport is not None:
             await self._discard_session(session_id, transport)
@@ -243,25 +244,29 @@ class FederatedSessionManager(StreamableHTTPSessionManager):
             await JSONResponse(body, status_code=406)(request.scope, request.receive, send)
             return
         session_id = record.id
-        previous = self._feeds.pop(session_id, None)
-        if previous is not None:
-            previous.cancel()  # a client that reconnects replaces its older stream
+        self._end_feed(session_id)  # a client that reconnects replaces its older stream
 
         async def events() -> Any:
             async with self.feed.listen(after) as stream:
-                async for event in stream:
-                    message = notification(self.directory.records.get(session_id), event)
-                    if message is not None:
-                        yield {"id": event_id(event.seq), "event": "message", "data": message}
+                self._feeds[session_id] = stream
+                try:
+                    async for event in stream:
+                        message = notification(self.directory.records.get(session_id), event)
+                        if message is not None:
+                            yield {"id": event_id(event.seq), "event": "message", "data": message}
+                except anyio.ClosedResourceError:
+                    return  # ended by `_end_feed`
+                finally:
+                    if self._feeds.get(session_id) is stream:
+                        del self._feeds[session_id]
 
         headers = {"Cache-Control": "no-cache, no-transform", MCP_SESSION_ID_HEADER: session_id}
-        with anyio.CancelScope() as scope:
-            self._feeds[session_id] = scope
-            try:
-                await EventSourceResponse(events(), headers=headers)(request.scope, request.receive, send)
-            finally:
-                if self._feeds.get(session_id) is scope:
-                    del self._feeds[session_id]
+        await EventSourceResponse(events(), headers=headers)(request.scope, request.receive, send)
+
+    def _end_feed(self, session_id: str) -> None:
+        stream = self._feeds.pop(session_id, None)
+        if stream is not None:
+            stream.close()
 
 
 class SessionRecorder:
