@@ -258,7 +258,7 @@ def cpu_table(run: Run) -> list[str]:
     for s in run.active():
         r = run.results[s.name]
         cells = [fmt(r.cpu_ms_per_call(role), 3) if role in r.cpu_s else "" for role in ROLES]
-        own = fmt(own_cpu(r), 3) if s.fedmcp else ""
+        own = fmt(own_cpu(r), 3) if "edge" in s.roles else ""
         out.append(f"| {s.name} | " + " | ".join(cells) + f" | {fmt(total_cpu(r), 3)} | {own} |")
     return out
 
@@ -439,7 +439,7 @@ def markdown(run: Run, previous: str = "") -> str:
         "```",
         "# the bench dependency group (matplotlib, psutil) is not part of the dev/CI install; --group adds it",
         "uv run --group bench python scripts/bench/run.py           # full run (~6 min): docs/benchmarks.md + .png",
-        "uv run --group bench python scripts/bench/run.py --quick   # < 1 min: direct HTTP vs fedmcp, printed only",
+        "uv run --group bench python scripts/bench/run.py --quick   # < 1 min: direct HTTP, fedmcp, relay floor; printed only",
         "uv run --group bench python scripts/bench/run.py --help    # rounds, calls, extras, profiling, --only",
         "# before/after in one run: another revision's checkout (uv sync there) measured as fedmcp-base",
         "git worktree add /tmp/base HEAD~1 && (cd /tmp/base && uv sync --locked)",

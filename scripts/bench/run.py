@@ -7,6 +7,7 @@ Setups (all alive at once, measured round-robin so machine drift hits them alike
   fedmcp              SDK client (2026-07-28) -> edge -> NATS -> adapter -> demo server (stdio)
   fedmcp-legacy       the same with a handshake-era client
   fedmcp-httpback     the same, the adapter reaching the demo server over Streamable HTTP
+  relay-floor         fedmcp's hops with none of its work (scripts/bench/relay.py): the architecture's floor
   mcp-proxy           PyPI mcp-proxy fronting the stdio demo server (own venv under .bench/venvs)
   fastmcp-proxy       PyPI fastmcp create_proxy fronting the stdio demo server (own venv)
 Metrics: p50/p99 at concurrency 1, calls/s at 16 and 64, CPU ms per call of every process; then
@@ -15,7 +16,7 @@ resource read; then py-spy profiles of the edge and the adapter under load.
 
     uv sync --group bench
     uv run python scripts/bench/run.py            # full (~6 min), writes docs/benchmarks.md + .png
-    uv run python scripts/bench/run.py --quick    # < 1 min, direct-http and fedmcp only, printed
+    uv run python scripts/bench/run.py --quick    # < 1 min, direct-http, fedmcp and relay-floor, printed
 """
 
 from __future__ import annotations
@@ -235,7 +236,9 @@ async def profile(seconds: float, target: Setup, stack: Stack, run: report.Run, 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="under a minute: direct-http and fedmcp only, small extras")
+    ap.add_argument(
+        "--quick", action="store_true", help="under a minute: direct-http, fedmcp and relay-floor only, small extras"
+    )
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--latency-calls", type=int, help="sequential calls per setup per round")
     ap.add_argument("--throughput-calls", type=int, help="calls per setup per round at each concurrency")

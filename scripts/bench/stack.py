@@ -32,6 +32,8 @@ BIG_EVENTS = 256 * 1024 * 1024
 """SSE event cap for the 50 MB read (the SDK client caps one event at 1 MiB by default)."""
 
 ProcFinder = Callable[[], list[psutil.Process]]
+RELAY = "relay-floor"
+"""The setup of scripts/bench/relay.py: fedmcp's process shape with none of its work."""
 KEEPALIVE = 2.0
 """Seconds the harness's HTTP clients keep an idle connection: under the servers' 5 s (uvicorn's default)."""
 
@@ -325,6 +327,7 @@ class Stack:
                 fedmcp=True,
             )
         )
+        setups.append(self._relay_floor())
         if self.baseline is not None:
             setups.append(self._baseline(self.baseline))
         if not quick:
@@ -370,6 +373,27 @@ class Stack:
                 except TimeoutError as exc:
                     setup.unavailable = str(exc)
         return setups
+
+    def _relay_floor(self) -> Setup:
+        """The architecture's floor (scripts/bench/relay.py): fedmcp's hops with none of its work."""
+        assert self.nats is not None
+        port = free_port()
+        relay = [PY, str(BENCH / "relay.py")]
+        back = self.spawn("relay-back", [*relay, "back", self.nats.url, "--", PY, *DEMO_ARGS])
+        front = self.spawn("relay-front", [*relay, "front", str(port), self.nats.url])
+        return Setup(
+            RELAY,
+            "SDK client (2026-07-28) -> thinnest HTTP-to-NATS relay -> NATS -> relay to stdio -> demo server",
+            "echo",
+            "2026-07-28",
+            url=f"http://127.0.0.1:{port}/mcp",
+            roles={
+                "edge": _one(front),
+                "adapter": _one(back),
+                "nats-server": self.nats_role(),
+                "backing server": _children(back),
+            },
+        )
 
     def _mcp_proxy(self, venv: Path) -> Setup:
         port = free_port()
