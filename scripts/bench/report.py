@@ -14,7 +14,7 @@ from scripts.bench.extras import BIG_WIRE, Extras
 from scripts.bench.floor import Floor
 from scripts.bench.load import Result
 from scripts.bench.spy import Profile
-from scripts.bench.stack import Setup
+from scripts.bench.stack import RELAY, Setup
 
 ROLES = ["client", "edge", "adapter", "nats-server", "backing server", "proxy"]
 FEDMCP_OWN = ["edge", "adapter", "nats-server"]
@@ -263,6 +263,20 @@ def cpu_table(run: Run) -> list[str]:
     return out
 
 
+def over_floor(run: Run) -> list[str]:
+    """What fedmcp's code adds to its architecture's cost: the standard path against relay-floor."""
+    fed, relay, direct = run.result("fedmcp"), run.result(RELAY), run.result("direct-http")
+    if fed is None or relay is None or direct is None:
+        return []
+    roles = [role for role in ROLES if role in fed.cpu_s and role in relay.cpu_s]
+    gaps = ", ".join(f"{role} {fed.cpu_ms_per_call(role) - relay.cpu_ms_per_call(role):+.3f}" for role in roles)
+    return [
+        f"Over the floor of its architecture ({RELAY}, which runs at {ratio(relay.calls_per_s(16), direct.calls_per_s(16))} "
+        f"direct HTTP at c=16 and {fmt(relay.p50() - direct.p50())} ms over its p50), fedmcp's code costs "
+        f"{total_cpu(fed) - total_cpu(relay):+.3f} ms of CPU per call: {gaps} (ms per call)."
+    ]
+
+
 def sys_table(run: Run) -> list[str]:
     out = ["| setup | " + " | ".join(ROLES) + " |", "|---|" + "---:|" * len(ROLES)]
     for s in run.active():
@@ -484,6 +498,8 @@ def markdown(run: Run, previous: str = "") -> str:
         "",
         *cpu_table(run),
         "",
+        *over_floor(run),
+        "",
         "Share of that CPU spent in the kernel (system time: syscalls, loopback TCP, pipes, scheduling):",
         "",
         *sys_table(run),
@@ -546,7 +562,7 @@ def console(run: Run) -> str:
                 if role in r.cpu_s
             )
         )
-    lines += cpu
+    lines += [*cpu, "", *over_floor(run)]
     if run.floor is not None:
         lines += ["", *floor_table(run)]
     if run.extras is not None:
