@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -211,46 +212,49 @@ async def test_a_request_that_meets_the_local_copy_going_idle_is_served(nats_ser
             assert session_id in fed.edge.directory.records
 
 
-async def test_a_deleted_session_ends_its_get_stream_on_the_edge_that_deleted_it(nats_server: NatsServer) -> None:
-    async with federation(nats_server.url) as fed:
+async def read_to_end(stream: httpx2.Response) -> None:
+    """Read a streamed response to its end (a connection cut before the last chunk raises
+    httpx2.RemoteProtocolError)."""
+    with anyio.fail_after(10):
+        async for _ in stream.aiter_bytes():
+            pass
+
+
+@asynccontextmanager
+async def handshake_session(nats_url: str) -> AsyncIterator[tuple[str, httpx2.AsyncClient, dict[str, str]]]:
+    """A federation's URL, an HTTP client and the headers of a handshake-era session opened on it."""
+    async with federation(nats_url) as fed:
         await fed.add_server("demo", demo_server())
         async with httpx2.AsyncClient(timeout=20) as client:
-            session = await open_session(client, fed.url)
-            listen = {**session, "Accept": "text/event-stream"}
-            async with client.stream("GET", fed.url, headers=listen) as stream:
-                assert stream.status_code == 200
-                assert (await client.delete(fed.url, headers=session)).status_code == 200
-                # The stream ends, and cleanly: its last chunk is sent (as on every other edge when the
-                # deletion reaches it), so the client sees an end, not a broken connection.
-                with anyio.fail_after(10):
-                    async for _ in stream.aiter_bytes():
-                        pass
-            again = await client.post(fed.url, json={"jsonrpc": "2.0", "id": 9, "method": "ping"}, headers=session)
-            assert again.status_code == 404
+            yield fed.url, client, await open_session(client, fed.url)
+
+
+async def test_a_deleted_session_ends_its_get_stream_on_the_edge_that_deleted_it(nats_server: NatsServer) -> None:
+    async with handshake_session(nats_server.url) as (url, client, session):
+        listen = {**session, "Accept": "text/event-stream"}
+        async with client.stream("GET", url, headers=listen) as stream:
+            assert stream.status_code == 200
+            assert (await client.delete(url, headers=session)).status_code == 200
+            # The stream ends, and cleanly: its last chunk is sent (as on every other edge when the
+            # deletion reaches it), so the client sees an end, not a broken connection.
+            await read_to_end(stream)
+        again = await client.post(url, json={"jsonrpc": "2.0", "id": 9, "method": "ping"}, headers=session)
+        assert again.status_code == 404
 
 
 async def test_a_reconnected_get_stream_ends_the_older_one_cleanly(nats_server: NatsServer) -> None:
     """A client that opens the session's GET stream again (a plain one, or a resume with Last-Event-ID)
     replaces its older stream; that one ends with its last chunk, and the newer one carries on."""
-    async with federation(nats_server.url) as fed:
-        await fed.add_server("demo", demo_server())
-        async with httpx2.AsyncClient(timeout=20) as client:
-            session = await open_session(client, fed.url)
-            listen = {**session, "Accept": "text/event-stream"}
-            async with client.stream("GET", fed.url, headers=listen) as first:
-                assert first.status_code == 200
-                resume = {**listen, "Last-Event-ID": "f-1"}
-                async with client.stream("GET", fed.url, headers=resume) as second:
-                    assert second.status_code == 200
-                    with anyio.fail_after(10):
-                        async for _ in first.aiter_bytes():
-                            pass
-                    async with client.stream("GET", fed.url, headers=listen) as third:
-                        assert third.status_code == 200
-                        with anyio.fail_after(10):
-                            async for _ in second.aiter_bytes():
-                                pass
-                        assert (await client.delete(fed.url, headers=session)).status_code == 200
-                        with anyio.fail_after(10):
-                            async for _ in third.aiter_bytes():
-                                pass
+    async with handshake_session(nats_server.url) as (url, client, session):
+        listen = {**session, "Accept": "text/event-stream"}
+        async with client.stream("GET", url, headers=listen) as first:
+            assert first.status_code == 200
+            resume = {**listen, "Last-Event-ID": "f-1"}
+            async with client.stream("GET", url, headers=resume) as second:
+                assert second.status_code == 200
+                await read_to_end(first)
+                async with client.stream("GET", url, headers=listen) as third:
+                    assert third.status_code == 200
+                    await read_to_end(second)
+                    assert (await client.delete(url, headers=session)).status_code == 200
+                    await read_to_end(third)

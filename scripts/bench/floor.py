@@ -60,11 +60,16 @@ CONCURRENCIES = (1, 16)
 both nats-py and nats-server coalesce writes of messages queued together)."""
 
 
+async def lifespan(receive: Receive, send: Send) -> None:
+    """A stand-in's whole ASGI lifespan: nothing to start or stop."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 async def canned(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+        await lifespan(receive, send)
         return
     more = True
     while more:

@@ -37,6 +37,8 @@ from fedmcp.shared.ops_http import bind, serve_asgi
 from nats.aio.msg import Msg
 from starlette.types import Receive, Scope, Send
 
+from scripts.bench.floor import lifespan
+
 SCRIPT = str(Path(__file__).resolve())
 SUBJECT = "relay.floor"
 _JSON = [(b"content-type", b"application/json")]
@@ -67,9 +69,7 @@ def front(port: int, url: str) -> None:
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] == "lifespan":
-                while (await receive())["type"] != "lifespan.shutdown":
-                    await send({"type": "lifespan.startup.complete"})
-                await send({"type": "lifespan.shutdown.complete"})
+                await lifespan(receive, send)
                 return
             body = b""
             more = True

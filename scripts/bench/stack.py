@@ -174,6 +174,12 @@ def _children(service: Service) -> ProcFinder:
     return service.children
 
 
+def _hops(edge: ProcFinder, adapter: Service, nats: ProcFinder) -> dict[str, ProcFinder]:
+    """The roles of a setup of fedmcp's shape: an edge, an adapter with the backing server its child,
+    and the nats-server between them."""
+    return {"edge": edge, "adapter": _one(adapter), "nats-server": nats, "backing server": _children(adapter)}
+
+
 def server_json(**server: Any) -> str:
     return json.dumps(server)
 
@@ -230,12 +236,7 @@ class Stack:
             "demo_echo",
             "2026-07-28",
             url=f"http://127.0.0.1:{port}/mcp",
-            roles={
-                "edge": _one(edge),
-                "adapter": _one(adapter),
-                "nats-server": lambda: [nats_proc],
-                "backing server": _children(adapter),
-            },
+            roles=_hops(_one(edge), adapter, lambda: [nats_proc]),
             fedmcp=True,
         )
 
@@ -309,12 +310,7 @@ class Stack:
                     roles={"backing server": _one(demo_http)},
                 )
             )
-        fed_roles = {
-            "edge": edge_role,
-            "adapter": _one(adapter),
-            "nats-server": self.nats_role(),
-            "backing server": _children(adapter),
-        }
+        fed_roles = _hops(edge_role, adapter, self.nats_role())
         setups.append(
             Setup(
                 "fedmcp",
@@ -387,12 +383,7 @@ class Stack:
             "echo",
             "2026-07-28",
             url=f"http://127.0.0.1:{port}/mcp",
-            roles={
-                "edge": _one(front),
-                "adapter": _one(back),
-                "nats-server": self.nats_role(),
-                "backing server": _children(back),
-            },
+            roles=_hops(_one(front), back, self.nats_role()),
         )
 
     def _mcp_proxy(self, venv: Path) -> Setup:
