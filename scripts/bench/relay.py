@@ -10,9 +10,9 @@ Both use fedmcp's own bus fast path (fedmcp.shared.inline: no task or future per
 front's one per call), as the edge and the adapter do.
 
 No validation, routing, policy, audit, metrics, tracing, deadlines, retries or era translation: what is
-left is what the hops cost (an HTTP exchange, two bus messages each way through nats-server, a pipe
+left is what the hops cost (an HTTP exchange, one bus message each way through nats-server, a pipe
 each way) on this machine. The harness measures it as the `relay-floor` setup beside fedmcp: what the
-architecture costs here, which no implementation of it can go under, against what fedmcp's code adds.
+architecture costs here on these frameworks, against what fedmcp's code adds to it.
 
     python scripts/bench/relay.py front PORT NATS_URL
     python scripts/bench/relay.py back NATS_URL -- COMMAND ARGS...
@@ -39,7 +39,6 @@ from starlette.types import Receive, Scope, Send
 
 from scripts.bench.floor import lifespan
 
-SCRIPT = str(Path(__file__).resolve())
 SUBJECT = "relay.floor"
 _JSON = [(b"content-type", b"application/json")]
 
