@@ -46,8 +46,14 @@ async def connect(url: str, *, name: str, **options: Any) -> NATS:
         metrics.BUS_ERRORS.labels(service).inc()
         log.warning("nats error", error=str(exc))
 
+    connected: list[NATS] = []
+
     async def disconnected_cb() -> None:
-        log.warning("nats disconnected")
+        # nats-py calls this for a close() or a drain too; only a lost link is worth a warning.
+        if connected and connected[0].is_closed:
+            log.info("nats connection closed")
+        else:
+            log.warning("nats disconnected")
 
     async def reconnected_cb() -> None:
         metrics.BUS_RECONNECTS.labels(service).inc()
@@ -80,9 +86,11 @@ async def connect(url: str, *, name: str, **options: Any) -> NATS:
     # Every service's connection gets the guard: a malformed header block from any publisher, or a
     # flush that gave up, must not stop its read loop (see natsguard).
     if settings.get("tls") is None:
-        return natsguard.harden(await nats.connect(url.split(","), **settings))
-    nc = _TlsOnlyClient()
-    await nc.connect(url.split(","), **settings)
+        nc = await nats.connect(url.split(","), **settings)
+    else:
+        nc = _TlsOnlyClient()
+        await nc.connect(url.split(","), **settings)
+    connected.append(nc)
     return natsguard.harden(nc)
 
 
