@@ -83,8 +83,11 @@ def front(port: int, url: str) -> None:
             reply = f"{inbox}.{next(tokens)}"
             waiting[reply] = future = loop.create_future()
             inline.post(SUBJECT, body, reply=reply)
-            with anyio.fail_after(30):
-                data = await future
+            try:
+                with anyio.fail_after(30):
+                    data = await future
+            finally:
+                waiting.pop(reply, None)  # (gone already when answered)
             length = (b"content-length", str(len(data)).encode())
             await send({"type": "http.response.start", "status": 200, "headers": [*_JSON, length]})
             await send({"type": "http.response.body", "body": data})
@@ -122,7 +125,8 @@ def back(url: str, command: list[str]) -> None:
                 buffered += chunk
                 *complete, buffered = buffered.split(b"\n")
                 for line in complete:
-                    reply = waiting.pop(_ids.decode(line).id or "", None)
+                    key = _ids.decode(line).id
+                    reply = None if key is None else waiting.pop(key, None)  # (a server's notification: no id)
                     if reply is not None:
                         inline.post(reply, line)
 
